@@ -1,0 +1,1 @@
+"""The build step: ONNX export, TensorRT plugin registration, engine build and manifest."""

@@ -1,0 +1,85 @@
+"""The one interface every runtime implements (PyTorch, ONNX Runtime, TensorRT).
+
+A runner is loaded once and then called with batches of frames::
+
+    runner = load_runner("model.safetensors", device="cpu")
+    dets = runner.infer([frame0, frame1])          # list[Detections], one per frame
+    masks = dets[0].paste()                        # bool ndarray[K, H, W]
+
+Frames are ``uint8`` RGB arrays of shape ``[H, W, 3]``. Frames in one ``infer``
+call may differ in size; runners batch equal-sized frames together.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from engines.masks import paste_masks
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a runner serves: published in metrics, manifests and logs."""
+
+    name: str
+    """Model name (file stem or the name stored in the model file)."""
+    backend: str
+    """``"pytorch"``, ``"onnxruntime"`` or ``"tensorrt"``."""
+    device: str
+    """``"cpu"``, ``"cuda:0"``, ..."""
+    class_names: tuple[str, ...]
+    """Index ``i`` names label ``i``; index 0 is the background."""
+
+
+@dataclass
+class Detections:
+    """Detections of one frame, in source-frame pixel coordinates.
+
+    Invariant: all arrays have the same first dimension ``K`` (0 <= K <= 100),
+    sorted by descending score.
+    """
+
+    boxes: npt.NDArray[np.float32]
+    """``[K, 4]`` float32, ``(x1, y1, x2, y2)`` in source pixels, 0 <= x <= W, 0 <= y <= H."""
+    scores: npt.NDArray[np.float32]
+    """``[K]`` float32 in (0, 1]."""
+    labels: npt.NDArray[np.int64]
+    """``[K]`` int64 class indices, >= 1 (0 is background)."""
+    mask_probs: npt.NDArray[np.float32]
+    """``[K, 28, 28]`` float32 mask probabilities of the predicted class, in box coordinates."""
+    image_size: tuple[int, int] = field(default=(0, 0))
+    """``(H, W)`` of the source frame."""
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def paste(self, threshold: float = 0.5) -> npt.NDArray[np.bool_]:
+        """Full-resolution binary masks ``bool[K, H, W]`` (torchvision's paste, then ``> threshold``)."""
+        h, w = self.image_size
+        return paste_masks(self.mask_probs, self.boxes, h, w, threshold)
+
+    def filter(self, score_threshold: float) -> Detections:
+        """The detections with ``score >= score_threshold``."""
+        keep = self.scores >= score_threshold
+        return Detections(
+            self.boxes[keep], self.scores[keep], self.labels[keep], self.mask_probs[keep],
+            self.image_size,
+        )
+
+
+class Runner(ABC):
+    """A loaded model on one device. Not thread-safe: one inference worker per runner."""
+
+    info: ModelInfo
+
+    @abstractmethod
+    def infer(self, frames: Sequence[npt.NDArray[np.uint8]]) -> list[Detections]:
+        """Run the model on ``frames`` (each ``uint8[H, W, 3]`` RGB); one ``Detections`` per frame."""
+
+    def close(self) -> None:
+        """Release device resources. Idempotent."""
