@@ -42,7 +42,7 @@ import torch
 CANONICAL_SCALE = 224.0
 CANONICAL_LEVEL = 4
 LEVEL_EPS = 1e-6
-_CHUNK = 256
+_CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -236,23 +236,28 @@ def _pool_chunk(
     valid = yb(yvalid) & xb(xvalid)
     inside = (yb(yin) & xb(xin) & valid).to(flat.dtype)
 
-    def gather(yi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        idx = o5 + (row_base + yb(yi)) * w5 + xb(xi)
-        return flat[idx.reshape(-1)].reshape(*idx.shape, c)
-
-    w1 = (yb(wyl) * xb(wxl) * inside)[..., None]
-    w2 = (yb(wyl) * xb(wxh) * inside)[..., None]
-    w3 = (yb(wyh) * xb(wxl) * inside)[..., None]
-    w4 = (yb(wyh) * xb(wxh) * inside)[..., None]
-    val = w1 * gather(yl, xl) + w2 * gather(yl, xh) + w3 * gather(yh, xl) + w4 * gather(yh, xh)
-    # val: [R, S, Gh, S, Gw, C]
-    if params.mode == "avg":
-        count = (gh * gw).clamp(min=1).to(flat.dtype)[:, None, None, None]
-        pooled = val.sum(dim=(2, 4)) / count  # [R, S, S, C]
-    else:
+    corners = [(yl, xl, yb(wyl) * xb(wxl)), (yl, xh, yb(wyl) * xb(wxh)),
+               (yh, xl, yb(wyh) * xb(wxl)), (yh, xh, yb(wyh) * xb(wxh))]
+    # idx/wt: [R, S(y), Gh, S(x), Gw, 4] pixel-table rows and bilinear weights (0 outside/invalid).
+    idx = torch.stack([(o5 + (row_base + yb(yi)) * w5 + xb(xi)).expand(inside.shape) for yi, xi, _ in corners], -1)
+    wt = torch.stack([w * inside for _, _, w in corners], -1)
+    if params.mode == "max":
+        val = (flat[idx.reshape(-1)].reshape(*idx.shape, c) * wt[..., None]).sum(-2)  # [R, S, Gh, S, Gw, C]
         masked = torch.where(valid[..., None], val, torch.tensor(float("-inf"), dtype=val.dtype, device=val.device))
         pooled = masked.amax(dim=(2, 4))
         pooled = torch.where(torch.isinf(pooled), torch.zeros_like(pooled), pooled)
+        return pooled.permute(0, 3, 1, 2)
+    # Average: one sparse [R*S*S, P] @ [P, C] product sums weight * pixel over samples and corners,
+    # reading each needed feature row once and never materializing per-sample values.
+    count = (gh * gw).clamp(min=1).to(flat.dtype)[:, None, None, None, None, None]
+    wt = wt / count
+    # CSR with rows = output bins (r, ph, pw); each bin has exactly Gh*Gw*4 entries.
+    per_bin = idx.shape[2] * idx.shape[4] * 4
+    cols = idx.permute(0, 1, 3, 2, 4, 5).reshape(-1)
+    vals = wt.permute(0, 1, 3, 2, 4, 5).reshape(-1)
+    crow = torch.arange(0, r * s * s + 1, device=idx.device, dtype=torch.int64) * per_bin
+    mat = torch.sparse_csr_tensor(crow, cols, vals, (r * s * s, flat.shape[0]), check_invariants=False)
+    pooled = (mat @ flat).reshape(r, s, s, c)
     return pooled.permute(0, 3, 1, 2)
 
 

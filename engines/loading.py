@@ -1,0 +1,121 @@
+"""Opening a model of any supported kind as a :class:`Runner`.
+
+=====================  ==========================================  ===============
+file                   what it is                                  backend
+=====================  ==========================================  ===============
+``None``               the embedded demo model (package data)      pytorch
+``*.safetensors``      our model file (``engines.modelfile``)      pytorch
+``*.pth/.pt/.ckpt``    a torchvision Mask R-CNN checkpoint          pytorch
+``*.onnx``             a portable graph from ``build-engine``       onnxruntime
+``*.engine/.plan``     a TensorRT engine from ``build-engine``      tensorrt
+=====================  ==========================================  ===============
+
+``backend`` overrides the choice by file type.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engines.classes import default_class_names
+from engines.model.maskrcnn import MaskRCNN
+from engines.model.state_dict import StateDictError, model_from_state_dict
+from engines.modelfile import ModelFileError, load_model_file
+from engines.runner import Runner
+
+DEMO_MODEL = "demo_shapes.safetensors"
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
+
+
+class ModelLoadError(ValueError):
+    """The model could not be opened; the message names the file, the reason and what to do."""
+
+
+@dataclass
+class LoadedModel:
+    model: MaskRCNN
+    class_names: tuple[str, ...]
+    name: str
+
+
+def demo_model_path() -> Path:
+    """Path of the embedded demo model (may not exist in a source tree without assets)."""
+    return Path(str(resources.files("engines").joinpath("assets", DEMO_MODEL)))
+
+
+def load_checkpoint(path: str | Path, **overrides: Any) -> LoadedModel:
+    """A torchvision checkpoint (state dict or training checkpoint) → model with default class names."""
+    path = Path(path)
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for foreign files
+        raise ModelLoadError(f"{path}: not a loadable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    try:
+        model = model_from_state_dict(obj, **overrides)
+    except StateDictError as e:
+        raise ModelLoadError(f"{path}: {e}") from e
+    return LoadedModel(model, default_class_names(model.cfg.num_classes), path.stem)
+
+
+def load_model(path: str | Path | None, **overrides: Any) -> LoadedModel:
+    """Our model file or a torchvision checkpoint as a :class:`LoadedModel` (PyTorch)."""
+    if path is None:
+        path = demo_model_path()
+        if not path.exists():
+            raise ModelLoadError(f"the embedded demo model is missing ({path}); reinstall the package or pass --model")
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file; pass --model with a .safetensors model file or a .pth checkpoint")
+    if path.suffix == ".safetensors":
+        if overrides:
+            raise ModelLoadError(f"{path}: overrides {sorted(overrides)} apply to checkpoints only; "
+                                 "a model file carries its own settings")
+        try:
+            mf = load_model_file(path)
+        except ModelFileError as e:
+            raise ModelLoadError(str(e)) from e
+        return LoadedModel(mf.model, mf.class_names, mf.name)
+    return load_checkpoint(path, **overrides)
+
+
+def backend_for(path: str | Path | None) -> str:
+    """The backend a file type implies."""
+    if path is None:
+        return "pytorch"
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        return "onnxruntime"
+    if suffix in (".engine", ".plan", ".trt"):
+        return "tensorrt"
+    return "pytorch"
+
+
+def load_runner(path: str | Path | None, device: str = "cpu", backend: str | None = None,
+                **overrides: Any) -> Runner:
+    """Open ``path`` (None = demo model) on ``device`` with ``backend`` (default: by file type)."""
+    backend = backend or backend_for(path)
+    if backend not in BACKENDS:
+        raise ModelLoadError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "pytorch":
+        from engines.torch_runner import TorchRunner
+
+        lm = load_model(path, **overrides)
+        try:
+            return TorchRunner(lm.model, lm.class_names, lm.name, device=device)
+        except ValueError as e:
+            raise ModelLoadError(str(e)) from e
+    if backend == "onnxruntime":
+        from engines.ort_runner import OrtRunner  # type: ignore[import-not-found]
+
+        return OrtRunner(path, device=device)  # type: ignore[no-any-return]
+    from engines.trt_runner import TrtRunner  # type: ignore[import-not-found]
+
+    return TrtRunner(path, device=device)  # type: ignore[no-any-return]

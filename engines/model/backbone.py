@@ -1,0 +1,218 @@
+"""ResNet body + FPN: images ``Tensor[N, 3, H, W]`` → five feature maps (strides 4, 8, 16, 32, 64*).
+
+Module and parameter names equal torchvision's (``body.layer1.0.conv1.weight``,
+``fpn.inner_blocks.0.0.weight``, ...) so its state dicts load strictly.
+
+* FPN outputs ``P2..P5`` (strides 4..32) and ``pool`` = ``max_pool2d(P5, 1, 2)``. The
+  ``pool`` level's stride is ``padded_size // feature_size`` (see ``anchors``), which is
+  not always 64.
+* :meth:`Backbone.fuse_norms` folds every frozen/eval batch norm into the preceding
+  convolution (inference speed; changes results by float rounding only, ~1e-6 relative).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engines.model.config import MaskRCNNConfig
+
+
+class Norm2d(nn.Module):
+    """Inference batch norm with torchvision's parameter names.
+
+    ``frozen=True`` is ``torchvision.ops.FrozenBatchNorm2d`` (``x * scale + shift``);
+    ``frozen=False`` is ``nn.BatchNorm2d`` in eval mode (its buffers, incl.
+    ``num_batches_tracked``, and ``F.batch_norm`` numerics).
+    """
+
+    def __init__(self, channels: int, frozen: bool = True, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.frozen = frozen
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(channels))
+        self.register_buffer("bias", torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+        if not frozen:
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel ``Tensor[C]`` scale and shift equal to this norm."""
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.frozen:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        scale, shift = self.scale_shift()
+        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+
+
+def fold_norm(conv: nn.Conv2d, norm: Norm2d) -> nn.Conv2d:
+    """A new conv equal to ``norm(conv(x))`` (weights scaled per output channel)."""
+    scale, shift = norm.scale_shift()
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+        b = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+        fused.bias.copy_(b * scale + shift)
+    return fused
+
+
+def _conv(cin: int, cout: int, k: int, stride: int = 1, bias: bool = False, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=dilation * (k // 2), dilation=dilation, bias=bias)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int, frozen: bool) -> None:
+        super().__init__()
+        self.conv1 = _conv(cin, planes, 3, stride)
+        self.bn1: nn.Module = Norm2d(planes, frozen)
+        self.conv2 = _conv(planes, planes, 3)
+        self.bn2: nn.Module = Norm2d(planes, frozen)
+        self.downsample: nn.Sequential | None = None
+        if stride != 1 or cin != planes:
+            self.downsample = nn.Sequential(_conv(cin, planes, 1, stride), Norm2d(planes, frozen))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + identity)
+
+    def fuse(self) -> None:
+        self.conv1, self.bn1 = fold_norm(self.conv1, self.bn1), nn.Identity()  # type: ignore[arg-type]
+        self.conv2, self.bn2 = fold_norm(self.conv2, self.bn2), nn.Identity()  # type: ignore[arg-type]
+        if self.downsample is not None:
+            self.downsample = nn.Sequential(fold_norm(self.downsample[0], self.downsample[1]))
+
+
+class Bottleneck(nn.Module):
+    """ResNet v1.5 bottleneck: the stride sits on the 3×3 convolution."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int, frozen: bool) -> None:
+        super().__init__()
+        cout = planes * 4
+        self.conv1 = _conv(cin, planes, 1)
+        self.bn1: nn.Module = Norm2d(planes, frozen)
+        self.conv2 = _conv(planes, planes, 3, stride)
+        self.bn2: nn.Module = Norm2d(planes, frozen)
+        self.conv3 = _conv(planes, cout, 1)
+        self.bn3: nn.Module = Norm2d(cout, frozen)
+        self.downsample: nn.Sequential | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(_conv(cin, cout, 1, stride), Norm2d(cout, frozen))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + identity)
+
+    def fuse(self) -> None:
+        self.conv1, self.bn1 = fold_norm(self.conv1, self.bn1), nn.Identity()  # type: ignore[arg-type]
+        self.conv2, self.bn2 = fold_norm(self.conv2, self.bn2), nn.Identity()  # type: ignore[arg-type]
+        self.conv3, self.bn3 = fold_norm(self.conv3, self.bn3), nn.Identity()  # type: ignore[arg-type]
+        if self.downsample is not None:
+            self.downsample = nn.Sequential(fold_norm(self.downsample[0], self.downsample[1]))
+
+
+class ResNetBody(nn.Module):
+    """ResNet without avgpool/fc; returns the outputs of layer1..layer4 (strides 4, 8, 16, 32)."""
+
+    def __init__(self, cfg: MaskRCNNConfig) -> None:
+        super().__init__()
+        frozen = cfg.backbone_norm == "frozen_bn"
+        block: type[BasicBlock] | type[Bottleneck] = BasicBlock if cfg.block == "basic" else Bottleneck
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1: nn.Module = Norm2d(64, frozen)
+        cin = 64
+        self.out_channels: list[int] = []
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), cfg.layers, strict=True)):
+            blocks = []
+            for j in range(n):
+                blocks.append(block(cin, planes, 2 if (j == 0 and i > 0) else 1, frozen))
+                cin = planes * block.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            self.out_channels.append(cin)
+
+    def stages(self) -> Iterator[nn.Sequential]:
+        for i in range(1, 5):
+            yield getattr(self, f"layer{i}")
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        outs = []
+        for stage in self.stages():
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+    def fuse(self) -> None:
+        self.conv1, self.bn1 = fold_norm(self.conv1, self.bn1), nn.Identity()  # type: ignore[arg-type]
+        for stage in self.stages():
+            for blk in stage:
+                blk.fuse()
+
+
+def _conv_block(cin: int, cout: int, k: int, norm: bool, frozen: bool = False) -> nn.Sequential:
+    """torchvision's ``Conv2dNormActivation`` without activation: ``0`` = conv, ``1`` = norm."""
+    if norm:
+        return nn.Sequential(_conv(cin, cout, k), Norm2d(cout, frozen))
+    return nn.Sequential(_conv(cin, cout, k, bias=True))
+
+
+def _fuse_block(seq: nn.Sequential) -> nn.Sequential:
+    if len(seq) == 2 and isinstance(seq[1], Norm2d):
+        return nn.Sequential(fold_norm(seq[0], seq[1]))
+    return seq
+
+
+class FPN(nn.Module):
+    """Feature pyramid (Lin et al. 2017) with torchvision's top-down nearest upsampling."""
+
+    def __init__(self, in_channels: list[int], out_channels: int, norm: bool) -> None:
+        super().__init__()
+        self.inner_blocks = nn.ModuleList(_conv_block(c, out_channels, 1, norm) for c in in_channels)
+        self.layer_blocks = nn.ModuleList(_conv_block(out_channels, out_channels, 3, norm) for _ in in_channels)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        last = self.inner_blocks[-1](feats[-1])
+        results = [self.layer_blocks[-1](last)]
+        for idx in range(len(feats) - 2, -1, -1):
+            lateral = self.inner_blocks[idx](feats[idx])
+            last = lateral + F.interpolate(last, size=lateral.shape[-2:], mode="nearest")
+            results.insert(0, self.layer_blocks[idx](last))
+        results.append(F.max_pool2d(results[-1], 1, 2, 0))
+        return results
+
+    def fuse(self) -> None:
+        self.inner_blocks = nn.ModuleList(_fuse_block(b) for b in self.inner_blocks)
+        self.layer_blocks = nn.ModuleList(_fuse_block(b) for b in self.layer_blocks)
+
+
+class Backbone(nn.Module):
+    """``body`` (ResNet) + ``fpn``: ``Tensor[N, 3, H, W]`` → ``[P2, P3, P4, P5, pool]``."""
+
+    def __init__(self, cfg: MaskRCNNConfig) -> None:
+        super().__init__()
+        self.body = ResNetBody(cfg)
+        self.fpn = FPN(self.body.out_channels, cfg.fpn_channels, cfg.fpn_norm)
+        self.out_channels = cfg.fpn_channels
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.fpn(self.body(x))
+
+    def fuse_norms(self) -> None:
+        self.body.fuse()
+        self.fpn.fuse()

@@ -1,0 +1,60 @@
+"""The PyTorch runner: our :class:`MaskRCNN` on CPU or CUDA behind the :class:`Runner` interface."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from engines.model.maskrcnn import MaskRCNN
+from engines.runner import Detections, ModelInfo, Runner
+
+
+def group_by_size(frames: Sequence[npt.NDArray[np.uint8]]) -> dict[tuple[int, int], list[int]]:
+    """Frame indices grouped by ``(H, W)``, groups in first-seen order."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, f in enumerate(frames):
+        if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3:
+            raise ValueError(f"frame {i} must be uint8[H, W, 3] RGB, got {f.dtype}{list(f.shape)}")
+        groups.setdefault((f.shape[0], f.shape[1]), []).append(i)
+    return groups
+
+
+def parse_device(device: str) -> torch.device:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"``; refuses CUDA when none is available, saying so."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"invalid device {device!r}: use cpu, cuda or cuda:N") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
+    return dev
+
+
+class TorchRunner(Runner):
+    """Runs a loaded :class:`MaskRCNN`; batch norms are folded into convolutions unless ``fuse=False``."""
+
+    def __init__(self, model: MaskRCNN, class_names: Sequence[str], name: str, device: str = "cpu",
+                 fuse: bool = True) -> None:
+        self.device = parse_device(device)
+        self.model = model.fuse_norms() if fuse else model
+        self.model.to(self.device).eval()
+        self.info = ModelInfo(name=name, backend="pytorch", device=str(self.device), class_names=tuple(class_names))
+
+    def infer(self, frames: Sequence[npt.NDArray[np.uint8]]) -> list[Detections]:
+        out: list[Detections | None] = [None] * len(frames)
+        for (h, w), idx in group_by_size(frames).items():
+            batch = torch.from_numpy(np.stack([frames[i] for i in idx])).to(self.device)
+            for i, raw in zip(idx, self.model(batch), strict=True):
+                out[i] = Detections(
+                    boxes=raw.boxes.float().cpu().numpy(),
+                    scores=raw.scores.float().cpu().numpy(),
+                    labels=raw.labels.cpu().numpy().astype(np.int64),
+                    mask_probs=raw.mask_probs.float().cpu().numpy(),
+                    image_size=(h, w),
+                )
+        return [d for d in out if d is not None]
