@@ -34,6 +34,7 @@ Max pooling (``mode="max"``) takes the maximum of the bilinear sample values in 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ CANONICAL_SCALE = 224.0
 CANONICAL_LEVEL = 4
 LEVEL_EPS = 1e-6
 _CHUNK = 4096
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Frames ``uint8[N, H, W, 3]`` RGB → ``x / 255`` → ``(x - mean) / std`` → bilinear resize
 (``align_corners=False``, no antialias) by ``scale = min(min_size / short, max_size / long)``
-computed in float32, output size ``floor(side * scale)`` → zero padding on the bottom/right to a
+computed in double precision, output size ``floor(side * scale)`` → zero padding on the bottom/right to a
 multiple of ``size_divisible``. Normalizing before resizing (as torchvision does) matters only
 at float-rounding level, but we keep its order.
 """
@@ -16,10 +16,12 @@ import torch.nn.functional as F
 
 
 def resize_scale(height: int, width: int, min_size: float, max_size: float) -> float:
-    """torchvision's scale factor, computed in float32 and returned as the Python float it uses."""
-    shape = torch.tensor([height, width], dtype=torch.float32)
-    scale = torch.min(min_size / shape.min(), max_size / shape.max())
-    return float(scale.item())
+    """torchvision's eager scale factor, in Python (double) arithmetic.
+
+    (Its traced/scripted path computes in float32, which can differ by one output pixel:
+    400×600 at min_size 320 is 320×480 eagerly but 319×479 in float32. We follow eager.)
+    """
+    return min(min_size / min(height, width), max_size / max(height, width))
 
 
 def resized_size(height: int, width: int, min_size: float, max_size: float) -> tuple[int, int]:

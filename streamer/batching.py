@@ -1,0 +1,205 @@
+"""Inference batches formed fairly across streams, from bounded per-stream queues.
+
+Each stream has a :class:`StreamQueue` of at most ``queue_size`` frames, living on the event
+loop. Live streams never wait: a full queue drops its OLDEST frame (reason ``queue_full``).
+File streams never drop: the decode thread waits until the queue has room.
+
+:class:`Batcher` takes frames round-robin — one frame per stream per round, starting after the
+stream served last — so that no stream gets more than its share while others wait. A batch
+holds frames of ONE size ``(H, W)`` (the size of its first frame; streams whose next frame has
+another size keep their turn for the next batch), at most ``max_batch_size`` frames, and waits
+at most ``max_wait_s`` for a partial batch to fill. A live frame older than ``staleness_s``
+when it would be batched is dropped (reason ``stale``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from streamer.config import BatchingConfig
+from streamer.sources import Frame
+
+DropCallback = Callable[[Frame, str], None]
+"""Called with each dropped frame and the reason (``queue_full``, ``stale``, ``shutdown``)."""
+
+
+class StreamQueue:
+    """Bounded FIFO of one stream's frames. Event-loop only (the decode thread uses LoopHandoff)."""
+
+    def __init__(self, name: str, maxsize: int, drops: bool, on_drop: DropCallback) -> None:
+        self.name = name
+        self.maxsize = maxsize
+        self.drops = drops
+        """True: ``offer`` drops the oldest frame when full (live); False: ``put`` waits (file)."""
+        self.closed = False
+        self._frames: deque[Frame] = deque()
+        self._on_drop = on_drop
+        self._not_full = asyncio.Event()
+        self._not_full.set()
+        self._listeners: list[Callable[[], None]] = []
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def finished(self) -> bool:
+        """Closed and empty: no frame will ever come out again."""
+        return self.closed and not self._frames
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever a frame arrives or the queue closes."""
+        self._listeners.append(callback)
+
+    def offer(self, frame: Frame) -> None:
+        """Append without waiting; a full queue drops its oldest frame (``queue_full``)."""
+        if self.closed:
+            self._on_drop(frame, "shutdown")
+            return
+        if len(self._frames) >= self.maxsize:
+            self._on_drop(self._frames.popleft(), "queue_full")
+        self._frames.append(frame)
+        self._notify()
+
+    async def put(self, frame: Frame) -> None:
+        """Append, waiting while the queue is full (file sources)."""
+        while len(self._frames) >= self.maxsize and not self.closed:
+            self._not_full.clear()
+            await self._not_full.wait()
+        if self.closed:
+            self._on_drop(frame, "shutdown")
+            return
+        self._frames.append(frame)
+        self._notify()
+
+    def head(self) -> Frame | None:
+        return self._frames[0] if self._frames else None
+
+    def pop(self) -> Frame:
+        frame = self._frames.popleft()
+        self._not_full.set()
+        return frame
+
+    def close(self) -> None:
+        """End of stream: later frames are dropped (``shutdown``); queued ones can still be taken."""
+        self.closed = True
+        self._not_full.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        for callback in self._listeners:
+            callback()
+
+
+def take_fair(
+    queues: Sequence[StreamQueue],
+    max_frames: int,
+    size: tuple[int, int] | None,
+    now: float,
+    staleness_s: float,
+    on_drop: DropCallback,
+) -> tuple[list[Frame], int]:
+    """Take up to ``max_frames`` frames of one size, one per queue per round, in ``queues`` order.
+
+    ``size`` fixes the frame size (None: the size of the first frame taken). Stale heads of
+    dropping (live) queues are dropped first. Returns the frames and the position in ``queues``
+    of the last queue served (-1 if none), so the caller can start the next batch after it.
+    """
+    batch: list[Frame] = []
+    last = -1
+    progress = True
+    while len(batch) < max_frames and progress:
+        progress = False
+        for pos, queue in enumerate(queues):
+            if len(batch) >= max_frames:
+                break
+            head = queue.head()
+            while head is not None and queue.drops and now - head.received > staleness_s:
+                on_drop(queue.pop(), "stale")
+                head = queue.head()
+            if head is None or (size is not None and head.size != size):
+                continue
+            batch.append(queue.pop())
+            size, last, progress = head.size, pos, True
+    return batch, last
+
+
+class Batcher:
+    """Forms batches across the registered stream queues (see the module docstring)."""
+
+    def __init__(self, cfg: BatchingConfig, on_drop: DropCallback) -> None:
+        self.cfg = cfg
+        self.queues: dict[str, StreamQueue] = {}
+        self.closing = False
+        """Set by :meth:`close`: ``next_batch`` returns None once every queue is empty."""
+        self._on_drop = on_drop
+        self._start = 0
+        self._changed = asyncio.Event()
+
+    def new_queue(self, name: str, drops: bool) -> StreamQueue:
+        """Register (or replace) the queue of stream ``name``."""
+        queue = StreamQueue(name, self.cfg.queue_size, drops, self._on_drop)
+        queue.listen(self._changed.set)
+        self.queues[name] = queue
+        self._changed.set()
+        return queue
+
+    def remove_queue(self, name: str) -> None:
+        """Unregister a stream; its queued frames are dropped (``shutdown``)."""
+        queue = self.queues.pop(name, None)
+        if queue is not None:
+            queue.close()
+            while len(queue):
+                self._on_drop(queue.pop(), "shutdown")
+
+    def pending(self) -> int:
+        """Frames queued across all streams."""
+        return sum(len(q) for q in self.queues.values())
+
+    def close(self) -> None:
+        """Draining: close every queue; batches continue until the queued frames are taken."""
+        self.closing = True
+        for queue in self.queues.values():
+            queue.close()
+        self._changed.set()
+
+    async def next_batch(self) -> list[Frame] | None:
+        """The next batch (1..max_batch_size frames of one size); None once closed and empty."""
+        while True:
+            batch = self._take(self.cfg.max_batch_size, None)
+            if batch:
+                break
+            if self.closing and all(q.finished for q in self.queues.values()):
+                return None
+            await self._wait_changed(None)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.max_wait_s
+        while len(batch) < self.cfg.max_batch_size and not self.closing:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not await self._wait_changed(remaining):
+                break
+            batch += self._take(self.cfg.max_batch_size - len(batch), batch[0].size)
+        return batch
+
+    def _take(self, max_frames: int, size: tuple[int, int] | None) -> list[Frame]:
+        queues = list(self.queues.values())
+        if not queues:
+            return []
+        start = self._start % len(queues)
+        rotated = queues[start:] + queues[:start]
+        batch, last = take_fair(rotated, max_frames, size, time.monotonic(),
+                                self.cfg.staleness_s, self._on_drop)
+        if last >= 0:
+            self._start = start + last + 1
+        return batch
+
+    async def _wait_changed(self, timeout: float | None) -> bool:
+        """Wait for a queue change; False on timeout."""
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,366 @@
+"""The ``streamer run`` daemon: phases, signals, stream supervision, systemd notifications.
+
+Phases, logged on each transition::
+
+    startup   metrics/HTTP endpoint, sinks, model (loaded off the loop), sources started → READY=1
+    running   supervision tick every 0.5 s: loop heartbeat for /healthz, STATUS= line,
+              WATCHDOG=1 while the pipeline moves, SIGHUP reloads
+    draining  SIGTERM/SIGINT (or every source ended): STOPPING=1, sources stopped, queued
+              frames and batches in flight finished, sinks flushed — all within
+              ``[shutdown] timeout_s``, else exit 1
+    stopped   exit status: 0 clean, 1 timeout/startup failure/every source failed, 130 forced
+
+Signal handlers only set flags; the supervision tick acts on them. A second SIGINT forces an
+immediate exit. SIGHUP re-reads the config file's ``[[sources]]``: added streams start, removed
+ones stop (and lose their metrics), changed ones restart (frame numbering continues), others are
+untouched. Other sections need a restart. The daemon exits by itself (draining first) once every
+source has ended or failed, e.g. after a non-looping file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import signal
+import threading
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+import streamer
+from engines.runner import Runner
+from streamer.batching import Batcher, StreamQueue
+from streamer.config import (
+    ConfigError,
+    Overrides,
+    SourceConfig,
+    StreamerConfig,
+    load_config,
+    parse_host_port,
+    with_defaults,
+)
+from streamer.http import HealthState, HttpServer, start_http_server
+from streamer.inference import InferenceWorker, MessageSpec, Publisher, run_pipeline
+from streamer.metrics import StreamerMetrics
+from streamer.sdnotify import Notifier, pipeline_alive, watchdog_period
+from streamer.sinks.base import Sink, create_sink
+from streamer.sources import Frame, LoopHandoff, SourceWorker
+
+log = logging.getLogger("streamer.daemon")
+
+TICK_S = 0.5
+EXIT_FORCED = 130
+
+
+class Phase(enum.Enum):
+    STARTUP = "startup"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class StartupError(Exception):
+    """The daemon cannot start (model, metrics address); the message says what to fix."""
+
+
+@dataclass
+class Stream:
+    """A running source: its config, its queue and its decode thread."""
+
+    cfg: SourceConfig
+    queue: StreamQueue
+    worker: SourceWorker
+
+
+class Daemon:
+    """One ``streamer run`` process. ``await Daemon(cfg).run()`` returns the exit status."""
+
+    def __init__(self, cfg: StreamerConfig, config_path: Path | None = None,
+                 overrides: Overrides | None = None, registry: CollectorRegistry | None = None) -> None:
+        self.cfg = with_defaults(cfg)
+        self.config_path = config_path
+        self.overrides = overrides
+        self.registry = registry or CollectorRegistry()
+        self.metrics = StreamerMetrics(self.registry)
+        self.phase = Phase.STARTUP
+        self.forced = False
+        """True after a second SIGINT: the caller must exit at once (``os._exit``)."""
+        self.streams: dict[str, Stream] = {}
+        self.sinks: list[Sink] = []
+        self.notifier = Notifier.from_env()
+        self.health = HealthState(model_loaded=False, streams_up=self.streams_up,
+                                  loop_heartbeat=time.monotonic())
+        self._http: HttpServer | None = None
+        self._worker: InferenceWorker | None = None
+        self._publisher: Publisher | None = None
+        self._batcher = Batcher(self.cfg.batching, self._count_drop)
+        self._pipeline: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stop_requested = False
+        self._reload_requested = False
+        self._interrupts = 0
+        self._dropped = 0
+        self._watchdog = watchdog_period()
+        self._withholding = False
+
+    # -- phases ---------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run all phases; the exit status (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        self._install_signal_handlers(loop)
+        code = 0
+        startup = asyncio.ensure_future(self._startup())
+        if await self._until(startup, float("inf")):
+            try:
+                startup.result()
+            except StartupError as err:
+                log.error("startup failed: %s", err)
+                code = 1
+            else:
+                self._set_phase(Phase.RUNNING)
+                code = await self._running()
+        if not self.forced:
+            self._set_phase(Phase.DRAINING)
+            code = max(code, await self._drain())
+        self._set_phase(Phase.STOPPED)
+        self._close_resources()
+        return EXIT_FORCED if self.forced else code
+
+    async def _startup(self) -> None:
+        m = self.cfg.metrics
+        if m.enabled:
+            host, port = parse_host_port(m.address)
+            try:
+                self._http = start_http_server(host, port, self.registry, self.health)
+            except OSError as err:
+                raise StartupError(f"{err.strerror or err} (--metrics-address overrides it; off disables it)") from err
+        for sink_cfg in self.cfg.sinks:
+            sink = create_sink(sink_cfg, self.metrics)
+            await sink.start()
+            self.sinks.append(sink)
+        inf = self.cfg.inference
+        runner = await asyncio.to_thread(_load_runner, inf.model, inf.device, inf.backend)
+        info = runner.info
+        log.info("model %s loaded (%s on %s)", info.name, info.backend, info.device)
+        self.metrics.set_info(streamer.__version__, info.backend, info.device, info.name)
+        self._worker = InferenceWorker(runner, self.metrics)
+        spec = MessageSpec(info.class_names, frozenset(s.encoding for s in self.sinks),
+                           inf.score_threshold, inf.mask_threshold)
+        self._publisher = Publisher(self.sinks, spec, self.metrics, inf.postprocess_workers,
+                                    inf.max_batches_in_flight, active=self.streams.__contains__)
+        self.metrics.watch_queue("publish", self._publisher.in_flight)
+        self.metrics.watch_queue("frames", self._batcher.pending)
+        self._pipeline = asyncio.create_task(
+            run_pipeline(self._batcher, self._worker, self._publisher, self.metrics), name="pipeline")
+        for source in self.cfg.sources:
+            self._start_stream(source)
+        self.health.model_loaded = True
+        if self.notifier:
+            self.notifier.ready(self.status_line())
+
+    async def _running(self) -> int:
+        next_status = next_ping = 0.0
+        while True:
+            now = time.monotonic()
+            self.health.loop_heartbeat = now
+            if self.forced or self._stop_requested:
+                return 0
+            if self._reload_requested:
+                self._reload_requested = False
+                await self._reload()
+            if self._pipeline is not None and self._pipeline.done():
+                log.error("the inference pipeline stopped unexpectedly: %r", self._pipeline.exception())
+                return 1
+            if self.notifier and now >= next_status:
+                self.notifier.status(self.status_line())
+                next_status = now + self.cfg.systemd.status_interval_s
+            if self.notifier and self._watchdog and now >= next_ping:
+                alive = self._pipeline_alive(now)
+                if alive:
+                    self.notifier.watchdog()
+                if alive == self._withholding:
+                    self._withholding = not alive
+                    if alive:
+                        log.info("inference completes batches again; systemd watchdog pings resumed")
+                    else:
+                        log.warning("inference has not completed a batch for %.1f s; withholding the "
+                                    "systemd watchdog ping", now - self._worker_last_completed())
+                next_ping = now + self._watchdog / 2
+            if self.streams and all(s.worker.state in ("ended", "failed") for s in self.streams.values()):
+                failed = sorted(n for n, s in self.streams.items() if s.worker.state == "failed")
+                log.info("every source has ended%s", f" (failed: {', '.join(failed)})" if failed else "")
+                return 1 if failed else 0
+            await self._sleep(min(TICK_S, self._watchdog / 4) if self._watchdog else TICK_S)
+
+    async def _drain(self) -> int:
+        """Stop sources, finish queued frames and batches, flush sinks; 1 if the timeout ran out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.shutdown.timeout_s
+        if self.notifier:
+            self.notifier.stopping(f"draining: {self.status_line()}")
+        for stream in self.streams.values():
+            stream.worker.stop()
+        self._batcher.close()
+        code = 0
+        pipeline = self._pipeline
+        if pipeline is not None and not await self._until(asyncio.shield(pipeline), deadline - loop.time()):
+            if self.forced:
+                return EXIT_FORCED
+            log.error("shutdown timeout (%.1f s): %d frames and %d batches not published",
+                      self.cfg.shutdown.timeout_s, self._batcher.pending(),
+                      self._publisher.in_flight() if self._publisher else 0)
+            code = 1
+        closing = asyncio.gather(*(s.close(max(0.0, deadline - loop.time())) for s in self.sinks))
+        if not await self._until(closing, deadline - loop.time() + 1.0):
+            if self.forced:
+                return EXIT_FORCED
+            log.error("shutdown timeout (%.1f s): sinks not flushed", self.cfg.shutdown.timeout_s)
+            code = 1
+        for stream in self.streams.values():
+            await asyncio.to_thread(stream.worker.join, max(0.0, min(1.0, deadline - loop.time())))
+        return code
+
+    def _close_resources(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+        if self._http is not None:
+            self._http.close()
+        if self.notifier:
+            self.notifier.close()
+
+    # -- streams --------------------------------------------------------------------------------
+
+    def _start_stream(self, cfg: SourceConfig, start_index: int = 0) -> None:
+        loop = asyncio.get_running_loop()
+        self.metrics.init_stream(cfg.name)
+        queue = self._batcher.new_queue(cfg.name, cfg.drops_frames)
+        stop = threading.Event()
+        worker = SourceWorker(cfg, LoopHandoff(loop, queue, stop), self.metrics, start_index)
+        self.streams[cfg.name] = Stream(cfg, queue, worker)
+        self.metrics.watch_queue(f"stream:{cfg.name}", queue.__len__)
+        worker.start()
+
+    def _stop_stream(self, name: str, forget: bool) -> int:
+        """Stop a stream (its thread ends in the background); the next frame index."""
+        stream = self.streams.pop(name)
+        stream.worker.stop()
+        self._batcher.remove_queue(name)
+        if forget:
+            self.metrics.remove_stream(name)
+            self.metrics.queue_depth.remove(f"stream:{name}")
+        return stream.worker.next_index
+
+    async def _reload(self) -> None:
+        if self.config_path is None:
+            log.warning("SIGHUP: no --config file to reload; ignored")
+            return
+        try:
+            new = with_defaults(await asyncio.to_thread(load_config, self.config_path, self.overrides))
+        except ConfigError as err:
+            log.error("SIGHUP: the config file is invalid; keeping the running config:\n%s", err)
+            return
+        old = {s.name: s for s in self.cfg.sources}
+        wanted = {s.name: s for s in new.sources}
+        removed = [n for n in old if n not in wanted]
+        added = [n for n in wanted if n not in old]
+        changed = [n for n in wanted if n in old and wanted[n] != old[n]]
+        for name in removed:
+            self._stop_stream(name, forget=True)
+        for name in changed:
+            self._start_stream(wanted[name], start_index=self._stop_stream(name, forget=False))
+        for name in added:
+            self._start_stream(wanted[name])
+        ignored = [k for k in StreamerConfig.model_fields
+                   if k != "sources" and getattr(new, k) != getattr(self.cfg, k)]
+        if ignored:
+            log.warning("SIGHUP: changes to %s take effect after a restart", ", ".join(ignored))
+        self.cfg = self.cfg.model_copy(update={"sources": new.sources})
+        log.info("SIGHUP: streams reloaded: added %s, removed %s, restarted %s, unchanged %d",
+                 added or "none", removed or "none", changed or "none",
+                 len(wanted) - len(added) - len(changed))
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def streams_up(self) -> int:
+        return sum(1 for s in self.streams.values() if s.worker.state == "up")
+
+    def status_line(self) -> str:
+        """One-line summary for ``STATUS=``."""
+        states = ", ".join(f"{n} {s.worker.state or 'new'}" for n, s in self.streams.items())
+        published = self._publisher.published_total() if self._publisher else 0
+        return (f"{self.phase.value}; {self.streams_up()}/{len(self.streams)} streams up ({states}); "
+                f"{published} frames published, {self._dropped} dropped, "
+                f"{self._batcher.pending()} queued")
+
+    def _count_drop(self, frame: Frame, reason: str) -> None:
+        self._dropped += 1
+        if frame.stream in self.streams:
+            self.metrics.frames_dropped.labels(stream=frame.stream, reason=reason).inc()
+
+    def _pipeline_alive(self, now: float) -> bool:
+        w = self._worker
+        if w is None or self._watchdog is None:
+            return True
+        pending = self._batcher.pending() + (self._publisher.in_flight() if self._publisher else 0)
+        return pipeline_alive(now, w.last_completed, w.busy_since, pending, self._watchdog)
+
+    def _worker_last_completed(self) -> float:
+        return self._worker.last_completed if self._worker else time.monotonic()
+
+    def _set_phase(self, phase: Phase) -> None:
+        log.info("phase %s -> %s", self.phase.value, phase.value)
+        self.phase = phase
+
+    # -- signals --------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal, signal.SIGTERM)
+        loop.add_signal_handler(signal.SIGINT, self._on_stop_signal, signal.SIGINT)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+
+    def _on_stop_signal(self, signum: int) -> None:
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+            if self._interrupts >= 2:
+                self.forced = True
+        if not self._stop_requested:
+            log.info("%s: shutting down (timeout %.1f s)%s", signal.Signals(signum).name,
+                     self.cfg.shutdown.timeout_s, "; interrupt again to force" if signum == signal.SIGINT else "")
+        elif self.forced:
+            log.warning("second SIGINT: exiting immediately")
+        self._stop_requested = True
+        self._wake.set()
+
+    def _on_reload_signal(self) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _until(self, aw: Awaitable[Any], timeout: float) -> bool:
+        """Wait for ``aw`` at most ``timeout`` s; False on timeout or a forced exit."""
+        fut = asyncio.ensure_future(aw)
+        deadline = time.monotonic() + max(0.0, timeout)
+        while not fut.done() and not self.forced and time.monotonic() < deadline:
+            self.health.loop_heartbeat = time.monotonic()
+            await asyncio.wait({fut}, timeout=min(TICK_S, max(0.0, deadline - time.monotonic())))
+        return fut.done() and not self.forced
+
+
+def _load_runner(model: str | None, device: str, backend: str | None) -> Runner:
+    from engines.loading import load_runner
+
+    try:
+        return load_runner(model, device=device, backend=backend)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise StartupError(f"cannot load the model {model or '(demo)'} on {device}: {err}") from err

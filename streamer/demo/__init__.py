@@ -1,0 +1,1 @@
+"""Synthetic demo data: shape scenes, videos with per-frame COCO ground truth."""

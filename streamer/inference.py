@@ -1,0 +1,199 @@
+"""Detections of batches, then published frame messages: inference worker, postprocessing, publishing.
+
+Three stages, each off the event loop where it computes::
+
+    Batcher.next_batch() ──► InferenceWorker.infer()      one thread per device ("infer-cpu")
+                         ──► Publisher.submit()            postprocess pool ("post-N"): filter,
+                                                           paste masks, encode RLE/polygons, JSON
+                         ──► Publisher.run()               on the loop: sink.publish(), in order
+
+Batches are published in the order they were inferred, so each stream's frames reach the sinks
+in frame order. ``max_batches_in_flight`` bounds the batches between inference and publishing:
+when postprocessing falls behind, inference waits (and live queues drop their oldest frames).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from engines.runner import Detections, Runner
+from streamer.batching import Batcher
+from streamer.schema import MaskEncoding, frame_message
+from streamer.sources import Frame
+
+if TYPE_CHECKING:
+    from streamer.metrics import StreamerMetrics
+    from streamer.sinks.base import Sink
+
+log = logging.getLogger("streamer.inference")
+
+
+class InferenceWorker:
+    """Runs ``runner.infer`` on one dedicated thread (a runner is not thread-safe).
+
+    ``busy_since`` and ``last_completed`` (``time.monotonic()``) tell the systemd watchdog
+    whether inference still moves.
+    """
+
+    def __init__(self, runner: Runner, metrics: StreamerMetrics) -> None:
+        self.runner = runner
+        self.metrics = metrics
+        device = runner.info.device.replace(":", "")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{device}")
+        self.busy_since: float | None = None
+        self.last_completed = time.monotonic()
+
+    async def infer(self, frames: Sequence[Frame]) -> list[Detections]:
+        """Detections of ``frames`` (one per frame), computed on the inference thread."""
+        loop = asyncio.get_running_loop()
+        self.busy_since = time.monotonic()
+        try:
+            return await loop.run_in_executor(self._executor, self._infer, [f.image for f in frames])
+        finally:
+            self.busy_since = None
+            self.last_completed = time.monotonic()
+
+    def _infer(self, images: list[Any]) -> list[Detections]:
+        start = time.perf_counter()
+        dets = self.runner.infer(images)
+        self.metrics.inference_latency.observe(time.perf_counter() - start)
+        self.metrics.batch_size.observe(len(images))
+        if len(dets) != len(images):
+            raise RuntimeError(f"runner returned {len(dets)} detections for {len(images)} frames")
+        return dets
+
+    def close(self) -> None:
+        """Stop the thread (after the batch in progress) and release the runner."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.runner.close()
+
+
+@dataclass(frozen=True)
+class MessageSpec:
+    """How detections become frame messages."""
+
+    class_names: tuple[str, ...]
+    encodings: frozenset[MaskEncoding]
+    """One message per encoding the sinks need."""
+    score_threshold: float
+    mask_threshold: float
+
+
+def frame_messages(frame: Frame, det: Detections, spec: MessageSpec) -> dict[MaskEncoding, dict[str, Any]]:
+    """The frame message of ``frame`` in each encoding of ``spec`` (runs on the postprocess pool).
+
+    Adds ``stream`` (configured name) and ``capture_time`` (unix seconds) to the message.
+    """
+    det = det.filter(spec.score_threshold)
+    masks = None
+    if spec.encodings - {"none"}:
+        h, w = det.image_size
+        masks = det.paste(spec.mask_threshold) if len(det) else np.zeros((0, h, w), dtype=bool)
+    extra = {"stream": frame.stream, "capture_time": round(frame.capture_time, 6)}
+    return {
+        enc: frame_message(frame.source, frame.index, frame.pts, det, None if enc == "none" else masks,
+                           spec.class_names, enc, extra)
+        for enc in spec.encodings
+    }
+
+
+def _postprocess(frames: Sequence[Frame], dets: Sequence[Detections], spec: MessageSpec
+                 ) -> list[dict[MaskEncoding, dict[str, Any]]]:
+    return [frame_messages(f, d, spec) for f, d in zip(frames, dets, strict=True)]
+
+
+class Publisher:
+    """Postprocesses batches on a thread pool and publishes them to every sink, in batch order."""
+
+    def __init__(self, sinks: Sequence[Sink], spec: MessageSpec, metrics: StreamerMetrics,
+                 workers: int, max_in_flight: int, active: Callable[[str], bool]) -> None:
+        self.sinks = list(sinks)
+        self.active = active
+        """Whether a stream still exists: frames of streams removed meanwhile are not published."""
+        self.spec = spec
+        self.metrics = metrics
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="post")
+        self._pending: asyncio.Queue[tuple[list[Frame], asyncio.Future[Any]] | None] = (
+            asyncio.Queue(max_in_flight))
+        self.published: Counter[str] = Counter()
+        """Frames published per stream."""
+
+    def published_total(self) -> int:
+        return sum(self.published.values())
+
+    def in_flight(self) -> int:
+        """Batches inferred but not yet published."""
+        return self._pending.qsize()
+
+    async def submit(self, frames: list[Frame], dets: list[Detections]) -> None:
+        """Start postprocessing a batch; waits while ``max_in_flight`` batches are pending."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._pool, _postprocess, frames, dets, self.spec)
+        await self._pending.put((frames, fut))
+        self.metrics.queue_depth.labels(queue="publish").set(self._pending.qsize())
+
+    async def finish(self) -> None:
+        """No more batches: :meth:`run` returns after publishing the pending ones."""
+        await self._pending.put(None)
+
+    async def run(self) -> None:
+        """Publish pending batches in submission order until :meth:`finish`."""
+        while (item := await self._pending.get()) is not None:
+            frames, fut = item
+            self.metrics.queue_depth.labels(queue="publish").set(self._pending.qsize())
+            try:
+                messages = await fut
+            except Exception:
+                log.exception("postprocessing a batch of %d frames failed; frames dropped", len(frames))
+                for f in frames:
+                    if self.active(f.stream):
+                        self.metrics.frames_dropped.labels(stream=f.stream, reason="inference_error").inc()
+                continue
+            for frame, by_encoding in zip(frames, messages, strict=True):
+                if self.active(frame.stream):
+                    self._publish(frame, by_encoding)
+        self._pool.shutdown(wait=False)
+
+    def _publish(self, frame: Frame, by_encoding: dict[MaskEncoding, dict[str, Any]]) -> None:
+        for sink in self.sinks:
+            sink.publish(by_encoding[sink.encoding])
+        self.published[frame.stream] += 1
+        m = self.metrics
+        m.frames_published.labels(stream=frame.stream).inc()
+        m.end_to_end_latency.labels(stream=frame.stream).observe(max(0.0, time.time() - frame.capture_time))
+        classes = Counter(inst["class"] for inst in next(iter(by_encoding.values()))["instances"])
+        for name, count in classes.items():
+            m.instances.labels(stream=frame.stream, **{"class": name}).inc(count)
+
+
+async def run_pipeline(batcher: Batcher, worker: InferenceWorker, publisher: Publisher,
+                       metrics: StreamerMetrics) -> None:
+    """Batch → infer → submit until the batcher is closed and empty, then flush the publisher."""
+    publishing = asyncio.create_task(publisher.run(), name="publish")
+    try:
+        while (batch := await batcher.next_batch()) is not None:
+            metrics.queue_depth.labels(queue="frames").set(batcher.pending())
+            try:
+                dets = await worker.infer(batch)
+            except Exception:
+                log.exception("inference of a batch of %d frames failed; frames dropped", len(batch))
+                for f in batch:
+                    if publisher.active(f.stream):
+                        metrics.frames_dropped.labels(stream=f.stream, reason="inference_error").inc()
+                continue
+            for f in batch:
+                if publisher.active(f.stream):
+                    metrics.frames_inferred.labels(stream=f.stream).inc()
+            await publisher.submit(batch, dets)
+    finally:
+        await publisher.finish()
+        await publishing

@@ -1,0 +1,156 @@
+"""The ``streamer run`` configuration: validation messages, secrets, overrides, ``config check``."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streamer.config import (
+    ConfigError,
+    Overrides,
+    SourceConfig,
+    StreamerConfig,
+    load_config,
+    validate_config,
+    with_defaults,
+)
+from streamer.redact import RedactingFilter, redact_url
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "config" / "streamer.toml"
+
+
+def errors_of(data: dict[str, object]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        validate_config(data, origin="test.toml")
+    return str(info.value).splitlines()
+
+
+def test_shipped_config_is_the_builtin_default() -> None:
+    assert load_config(SHIPPED) == StreamerConfig()
+
+
+def test_each_error_names_key_path_value_and_rule() -> None:
+    lines = errors_of({
+        "sources": [{"name": "cam1", "url": "rtsp://h/s", "transport": "tcpx"}],
+        "sinks": [{"type": "mqtt", "host": "b", "port": "abc"}],
+        "batching": {"max_batch_size": 0},
+    })
+    assert lines == [
+        "test.toml: sources[0].transport = 'tcpx': Input should be 'tcp' or 'udp'",
+        "test.toml: sinks[0].port = 'abc': Input should be a valid integer, unable to parse string as an integer",
+        "test.toml: batching.max_batch_size = 0: Input should be greater than or equal to 1",
+    ]
+
+
+def test_unknown_and_missing_keys() -> None:
+    lines = errors_of({"sources": [{"name": "cam1", "urll": "x"}], "bathcing": {}})
+    assert "test.toml: sources[0].url: required key is missing" in lines
+    unknown = next(line for line in lines if ".urll" in line)
+    assert "unknown key; allowed keys here: name, url," in unknown
+    assert any(line.startswith("test.toml: bathcing = {}: unknown key; allowed keys here: sources, sinks,")
+               for line in lines)
+
+
+def test_rules_across_keys() -> None:
+    dup = errors_of({"sources": [{"name": "a", "url": "x.mp4"}, {"name": "a", "url": "y.mp4"}]})
+    assert len(dup) == 1 and dup[0].startswith("test.toml: sources = [{'name': 'a', 'url': 'x.mp4'}")
+    assert dup[0].endswith("...: source names must be unique; repeated: a")  # long values are cut
+    loop = errors_of({"sources": [{"name": "a", "url": "rtsp://h/s", "loop": True}]})
+    assert len(loop) == 1 and "sources[0]" in loop[0] and "loop applies to file sources only" in loop[0]
+    transport = errors_of({"sources": [{"name": "a", "url": "clip.mp4", "transport": "tcp"}]})
+    assert "transport applies to rtsp:// and rtsps:// URLs only" in transport[0]
+    bad_addr = errors_of({"metrics": {"address": "localhost"}})
+    assert bad_addr == ["test.toml: metrics.address = 'localhost': expected HOST:PORT with PORT in 0..65535, "
+                        "got 'localhost'"]
+
+
+def test_toml_syntax_and_missing_file_errors(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[[sources]]\nname = cam1\n")
+    with pytest.raises(ConfigError, match=r"broken.toml: not valid TOML: .*line 2"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match=r"nope.toml: cannot read the config file"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_secrets_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAM_USER", "admin")
+    monkeypatch.setenv("CAM_PASS", "p@ss:w/rd")
+    monkeypatch.setenv("CAM_TOKEN", "t0k")
+    src = SourceConfig(name="cam", url="rtsp://10.0.0.5/live?token=${CAM_TOKEN}",
+                       username_env="CAM_USER", password_env="CAM_PASS")
+    assert src.resolved_url() == "rtsp://admin:p%40ss%3Aw%2Frd@10.0.0.5/live?token=t0k"
+    assert "p@ss" not in src.url and "${CAM_TOKEN}" in src.url  # the config keeps references only
+    monkeypatch.delenv("CAM_PASS")
+    lines = errors_of({"sources": [{"name": "cam", "url": "rtsp://h/s", "password_env": "CAM_PASS"}]})
+    assert lines == ["test.toml: sources[0].password_env = 'CAM_PASS': environment variable 'CAM_PASS' "
+                     "is not set; export it before starting"]
+    lines = errors_of({"sources": [{"name": "cam", "url": "rtsp://h/${NOPE_X}"}]})
+    assert "environment variable(s) NOPE_X referenced as ${...} are not set" in lines[0]
+
+
+def test_source_kinds() -> None:
+    assert SourceConfig(name="a", url="rtsps://cam/s").kind == "live"
+    assert SourceConfig(name="a", url="https://cdn/x.m3u8").drops_frames
+    assert SourceConfig(name="a", url="/dev/video0").input_format == "v4l2"
+    file = SourceConfig(name="a", url="/srv/clip.mp4")
+    assert file.kind == "file" and not file.drops_frames
+    assert SourceConfig(name="a", url="/srv/clip.mp4", live=True).drops_frames
+
+
+def test_command_line_overrides_replace_lists_and_keys(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('[[sources]]\nname = "file"\nurl = "a.mp4"\n[inference]\ndevice = "cuda"\n')
+    cfg = load_config(path, Overrides(sources=("cam1=rtsp://h/1", "cam2=rtsp://h/2"),
+                                      sinks=("jsonl:/tmp/x.jsonl", "zmq:tcp://127.0.0.1:5599"),
+                                      model="m.safetensors", metrics_address="off"))
+    assert [s.name for s in cfg.sources] == ["cam1", "cam2"]
+    assert [s.type for s in cfg.sinks] == ["jsonl", "zmq"]
+    assert cfg.inference.model == "m.safetensors" and cfg.inference.device == "cuda"
+    assert not cfg.metrics.enabled
+    with pytest.raises(ConfigError, match=r"--source: expected NAME=URL .* got 'cam1'"):
+        load_config(None, Overrides(sources=("cam1",)))
+    with pytest.raises(ConfigError, match=r"--sink: bad sink spec 'ftp:x'"):
+        load_config(None, Overrides(sinks=("ftp:x",)))
+    with pytest.raises(ConfigError, match=r"command line: metrics.address = 'nohost'"):
+        load_config(None, Overrides(metrics_address="nohost"))
+
+
+def test_defaults_are_the_demo_video_and_stdout() -> None:
+    cfg = with_defaults(StreamerConfig())
+    (demo,) = cfg.sources
+    assert demo.name == "demo" and demo.loop and demo.realtime and Path(demo.url).exists()
+    assert [(s.type, getattr(s, "path", None)) for s in cfg.sinks] == [("jsonl", "-")]
+
+
+def test_redaction_of_urls_and_log_records() -> None:
+    assert redact_url("rtsp://admin:hunter2@cam1:554/s") == "rtsp://***@cam1:554/s"
+    assert redact_url("open mqtt://u@b/t and rtsp://x:y@h/p failed") == "open mqtt://***@b/t and rtsp://***@h/p failed"
+    assert redact_url("/srv/a@b.mp4 rtsp://cam/s") == "/srv/a@b.mp4 rtsp://cam/s"
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "opening %s", ("rtsp://u:pw@h/s",), None)
+    assert RedactingFilter().filter(record) and record.getMessage() == "opening rtsp://***@h/s"
+
+
+def run_check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streamer.cli", "config", "check", str(path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def test_config_check_command(tmp_path: Path) -> None:
+    good = run_check(SHIPPED)
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.strip() == f"{SHIPPED}: ok (no sources: the demo video, no sinks: JSONL on stdout)"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[sources]]\nname = "cam1"\nurl = "rtsp://h/s"\ntransport = "quic"\n[batching]\nmax_wait = 1\n')
+    result = run_check(bad)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: {bad}: sources[0].transport = 'quic': Input should be 'tcp' or 'udp'",
+        f"error: {bad}: batching.max_wait = 1: unknown key; allowed keys here: "
+        "max_batch_size, max_wait_s, queue_size, staleness_s",
+    ]

@@ -1,0 +1,234 @@
+"""``streamer run`` as a real process: systemd notifications, signals, reload, overload.
+
+Each test starts ``python -m streamer.cli run`` with the tiny test model on small (128x96)
+frames and talks to it only from outside: a NOTIFY_SOCKET datagram socket, real signals, the
+JSONL it writes and its /metrics endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from streamer.sdnotify import Notifier, pipeline_alive, watchdog_period
+from tests.streamer.conftest_daemon import DaemonProcess, NotifyListener, encode_video, read_jsonl, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 frames at 25 fps (12 s), 128x96."""
+    return encode_video(tmp_path_factory.mktemp("daemon") / "long.mp4", frames=300, fps=25)
+
+
+def write_config(path: Path, body: str, model: Path, out: Path) -> Path:
+    path.write_text(f"""
+[inference]
+model = "{model}"
+
+[metrics]
+address = "127.0.0.1:0"
+
+[[sinks]]
+type = "jsonl"
+path = "{out}"
+{body}
+""")
+    return path
+
+
+def metrics_text(daemon: DaemonProcess) -> str:
+    match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", daemon.log())
+    assert match, "the daemon did not log its metrics address"
+    with urllib.request.urlopen(f"http://127.0.0.1:{match.group(1)}/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus exposition ``text`` (0 if absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+# -- sdnotify, in-process ------------------------------------------------------------------------
+
+def test_notifier_reaches_an_abstract_namespace_socket() -> None:
+    name = f"streamer-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind("\0" + name)
+        listener.settimeout(2)
+        notifier = Notifier.from_env({"NOTIFY_SOCKET": "@" + name})
+        assert notifier is not None
+        assert notifier.ready("2 streams up")
+        assert listener.recv(1024) == b"READY=1\nSTATUS=2 streams up"
+        assert notifier.status("a\nb")
+        assert listener.recv(1024) == b"STATUS=a b"
+        notifier.close()
+
+
+def test_notifier_absent_or_unreachable_never_raises(tmp_path: Path) -> None:
+    assert Notifier.from_env({}) is None
+    notifier = Notifier(str(tmp_path / "nobody-listens"))
+    assert notifier.watchdog() is False
+
+
+def test_watchdog_period_honours_usec_and_pid() -> None:
+    assert watchdog_period({"WATCHDOG_USEC": "3000000"}) == 3.0
+    assert watchdog_period({}) is None
+    assert watchdog_period({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"}, pid=2) is None
+    assert watchdog_period({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "2"}, pid=2) == 3.0
+
+
+def test_watchdog_rule_stops_pinging_for_a_stuck_inference_worker() -> None:
+    now = 100.0
+    assert pipeline_alive(now, last_completed=99.0, busy_since=99.5, pending=3, period=2.0)
+    assert pipeline_alive(now, last_completed=10.0, busy_since=None, pending=0, period=2.0)  # idle
+    assert not pipeline_alive(now, last_completed=90.0, busy_since=90.0, pending=3, period=2.0)
+    assert not pipeline_alive(now, last_completed=90.0, busy_since=None, pending=5, period=2.0)
+
+
+# -- the real process ----------------------------------------------------------------------------
+
+def test_notify_and_sigterm_publish_every_frame_exactly_once(
+        tmp_path: Path, long_clip: Path, tiny_model_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    config = write_config(tmp_path / "streamer.toml", f"""
+[[sources]]
+name = "clip"
+url = "{long_clip}"
+""", tiny_model_path, out)
+    listener = NotifyListener(tmp_path / "notify.sock")
+    env = {"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "5000000"}
+    with DaemonProcess(["--config", str(config)], tmp_path, env) as daemon:
+        assert listener.collect("READY=1", timeout=60), daemon.log()
+        assert listener.collect("WATCHDOG=1", timeout=10), listener.messages
+        assert wait_for(lambda: len(read_jsonl(out)) >= 8, timeout=60), daemon.log()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.log()
+        assert listener.collect("STOPPING=1", timeout=2), listener.messages
+    frames = [m["frame"] for m in read_jsonl(out)]
+    assert 8 <= len(frames) < 300
+    assert frames == list(range(len(frames))), "each frame index exactly once, in order"
+    lines = listener.lines()
+    assert any(line.startswith("STATUS=") and "streams up" in line for line in lines)
+    assert lines.index("READY=1") < lines.index("STOPPING=1")
+    log = daemon.log()
+    assert "phase running -> draining" in log and "phase draining -> stopped" in log
+    msg = read_jsonl(out)[0]
+    assert msg["stream"] == "clip" and abs(msg["capture_time"] - time.time()) < 120
+
+
+def test_sighup_adds_removes_and_restarts_streams(tmp_path: Path, long_clip: Path, tiny_model_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    config = tmp_path / "streamer.toml"
+
+    def sources(*names: str, stall: float = 10.0) -> str:
+        return "".join(f'\n[[sources]]\nname = "{n}"\nurl = "{long_clip}"\nloop = true\n'
+                       f'stall_timeout_s = {stall}\n' for n in names)
+
+    def frames_of(stream: str) -> list[int]:
+        return [m["frame"] for m in read_jsonl(out) if m["stream"] == stream]
+
+    write_config(config, sources("a", "keep", "chg"), tiny_model_path, out)
+    with DaemonProcess(["--config", str(config)], tmp_path) as daemon:
+        assert wait_for(lambda: all(frames_of(n) for n in ("a", "keep", "chg")), 60), daemon.log()
+        write_config(config, sources("keep", "b") + sources("chg", stall=9.0), tiny_model_path, out)
+        daemon.signal(signal.SIGHUP)
+        assert daemon.wait_log("SIGHUP: streams reloaded: added ['b'], removed ['a'], restarted ['chg'], "
+                               "unchanged 1", 10), daemon.log()
+        assert wait_for(lambda: frames_of("b"), 30), daemon.log()
+        count_a, keep_before, chg_before = len(frames_of("a")), frames_of("keep"), frames_of("chg")
+        time.sleep(1.5)
+        text = metrics_text(daemon)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.log()
+    assert len(frames_of("a")) == count_a, "a removed stream must stop publishing"
+    keep = frames_of("keep")
+    assert keep == list(range(len(keep))) and len(keep) > len(keep_before), "untouched stream continues"
+    chg = frames_of("chg")
+    assert chg == sorted(set(chg)) and len(chg) > len(chg_before), "restarted stream numbers on"
+    assert 'stream="a"' not in text and 'streamer_stream_state{state="up",stream="b"} 1.0' in text
+
+
+def test_second_sigint_forces_exit_and_shutdown_timeout_exits_1(
+        tmp_path: Path, long_clip: Path, tiny_model_path: Path) -> None:
+    """A deep queue of a fast file: draining takes long, so a second SIGINT cuts it short (130);
+    a too short shutdown timeout ends it with exit status 1 and a log line."""
+    body = f"""
+[batching]
+queue_size = 200
+max_batch_size = 1
+[[sources]]
+name = "clip"
+url = "{long_clip}"
+realtime = false
+"""
+    for case, extra in (("forced", ""), ("timeout", "[shutdown]\ntimeout_s = 0.3\n")):
+        out = tmp_path / f"{case}.jsonl"
+        config = write_config(tmp_path / f"{case}.toml", extra + body, tiny_model_path, out)
+        run_dir = tmp_path / case
+        run_dir.mkdir()
+        with DaemonProcess(["--config", str(config)], run_dir) as daemon:
+            assert wait_for(lambda out=out: len(read_jsonl(out)) >= 3, 60), daemon.log()
+            daemon.signal(signal.SIGINT)
+            if case == "forced":
+                time.sleep(0.2)
+                daemon.signal(signal.SIGINT)
+                assert daemon.wait(10) == 130, daemon.log()
+                assert "second SIGINT: exiting immediately" in daemon.log()
+            else:
+                assert daemon.wait(10) == 1, daemon.log()
+                assert "shutdown timeout (0.3 s)" in daemon.log()
+        frames = [m["frame"] for m in read_jsonl(out)]
+        assert len(frames) < 300 and frames == list(range(len(frames)))
+
+
+def test_overload_drops_frames_instead_of_growing_latency(
+        tmp_path: Path, long_clip: Path, tiny_model_path: Path) -> None:
+    """A live source decoding as fast as it can (far faster than inference) for 8 s: the
+    end-to-end latency stays bounded (staleness budget + one inference) and drops rise instead.
+    Without dropping, latency would grow with the run time (to ~8 s here)."""
+    out = tmp_path / "out.jsonl"
+    config = write_config(tmp_path / "streamer.toml", f"""
+[batching]
+queue_size = 4
+staleness_s = 0.5
+max_batch_size = 1
+[[sources]]
+name = "flood"
+url = "{long_clip}"
+loop = true
+realtime = false
+live = true
+""", tiny_model_path, out)
+    with DaemonProcess(["--config", str(config)], tmp_path) as daemon:
+        assert wait_for(lambda: len(read_jsonl(out)) >= 1, 60), daemon.log()
+        time.sleep(8)
+        text = metrics_text(daemon)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.log()
+    decoded = sample(text, "streamer_frames_decoded_total", stream="flood")
+    published = sample(text, "streamer_frames_published_total", stream="flood")
+    dropped = (sample(text, "streamer_frames_dropped_total", stream="flood", reason="queue_full")
+               + sample(text, "streamer_frames_dropped_total", stream="flood", reason="stale"))
+    count = sample(text, "streamer_end_to_end_latency_seconds_count", stream="flood")
+    mean = sample(text, "streamer_end_to_end_latency_seconds_sum", stream="flood") / max(count, 1)
+    within_3s = sample(text, "streamer_end_to_end_latency_seconds_bucket", stream="flood", le="3.0")
+    infer = (sample(text, "streamer_inference_latency_seconds_sum")
+             / max(1, sample(text, "streamer_inference_latency_seconds_count")))
+    print(f"\noverload: decoded {decoded:.0f}, published {published:.0f}, dropped {dropped:.0f}, "
+          f"end-to-end latency mean {mean:.2f} s, inference {infer:.2f} s per frame")
+    assert dropped > 10 * published > 0 and decoded >= dropped + published - 8
+    assert count > 0 and within_3s == count, "every frame published within 3 s of capture"
+    assert mean < 0.5 + 3 * infer + 0.5, "latency bounded by the staleness budget plus inference"

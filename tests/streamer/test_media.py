@@ -1,0 +1,123 @@
+"""streamer.media: real files encoded with PyAV, decoded with PyAV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from streamer.media import Frame, MediaError, open_media
+from tests.streamer.media_files import (
+    FPS,
+    HEIGHT,
+    IMAGE_CASES,
+    LONG_FRAMES,
+    N_FRAMES,
+    VIDEO_CASES,
+    WIDTH,
+    MediaCase,
+    source_frame,
+)
+
+
+def _nearest_source(image: np.ndarray, n: int) -> int:
+    """Index of the source frame ``image`` is closest to (mean absolute difference)."""
+    errors = [np.abs(image.astype(np.int16) - source_frame(i)).mean() for i in range(n)]
+    return int(np.argmin(errors))
+
+
+@pytest.mark.parametrize("case", VIDEO_CASES + IMAGE_CASES, ids=lambda c: c.name)
+def test_decodes_every_frame_in_order(media_dir: Path, case: MediaCase) -> None:
+    with open_media(media_dir / case.name) as reader:
+        info = reader.info
+        frames = list(reader)
+    assert (info.kind, info.width, info.height) == (case.kind, case.width, case.height)
+    assert [f.index for f in frames] == list(range(case.n_frames))
+    for f in frames:
+        assert f.image.dtype == np.uint8 and f.image.shape == (case.height, case.width, 3)
+        assert f.image.flags.c_contiguous
+        # Lossy codecs and gif's 256 colours still keep each frame nearest its own source.
+        assert _nearest_source(f.image, case.n_frames if case.kind == "video" else N_FRAMES) == f.index
+    if case.kind == "image":
+        assert frames[0].pts is None and info.fps is None and info.frame_count == 1
+    else:
+        pts = [f.pts for f in frames]
+        assert pts == pytest.approx([i / FPS for i in range(N_FRAMES)], abs=1e-3)
+        assert info.fps == pytest.approx(FPS)
+        assert info.expected_frames == N_FRAMES
+
+
+def test_frame_unpacks_as_index_pts_image(media_dir: Path) -> None:
+    with open_media(media_dir / "h264.mp4") as reader:
+        index, pts, image = next(iter(reader))
+    assert (index, pts, image.shape) == (0, 0.0, (HEIGHT, WIDTH, 3))
+
+
+def test_frame_count_unknown_in_matroska_is_estimated_from_duration(media_dir: Path) -> None:
+    with open_media(media_dir / "vp9.mkv") as reader:
+        assert reader.info.frame_count is None
+        assert reader.info.expected_frames == N_FRAMES
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("truncated.mp4", "ends inside a packet"),       # mp4 index intact, last sample cut
+    ("truncated.mkv", "the container declares"),     # mkv: no error, shorter than its duration
+    ("truncated.avi", "Invalid data"),               # FFmpeg decode error on the cut frame
+])
+def test_truncated_file_yields_decodable_frames_then_error(media_dir: Path, name: str, why: str) -> None:
+    frames: list[Frame] = []
+    with pytest.raises(MediaError) as info, open_media(media_dir / name) as reader:
+        frames.extend(reader)
+    assert 0 < len(frames) < LONG_FRAMES
+    assert [f.index for f in frames] == list(range(len(frames)))
+    err = info.value
+    assert err.path == str(media_dir / name)
+    assert err.reason.startswith(f"truncated after frame {len(frames) - 1}: ")
+    assert why in err.reason
+    assert "\n" not in str(err) and str(err).startswith(f"{media_dir / name}: ")
+
+
+def test_file_cut_between_packets_is_truncated(media_dir: Path, tmp_path: Path) -> None:
+    """No FFmpeg error and no partial packet: only the declared frame count tells."""
+    with av.open(str(media_dir / "long.mp4")) as container:
+        ends = [p.pos + p.size for p in container.demux(video=0) if p.size]
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes((media_dir / "long.mp4").read_bytes()[: ends[11]])  # 12 whole packets
+    frames: list[Frame] = []
+    with pytest.raises(MediaError) as info, open_media(cut) as reader:
+        frames.extend(reader)
+    assert len(frames) == 12
+    assert info.value.reason == ("truncated after frame 11: the container declares 30 frames "
+                                 "but holds only 12 (12 decode)")
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("missing.mp4", "no such file"),
+    ("notes.txt", "not a readable video or image"),
+    ("garbage.mp4", "not a readable video or image"),
+    ("tone.wav", "no video stream (streams: audio)"),
+    (".", "is a directory"),
+])
+def test_unopenable_inputs_raise_media_error(media_dir: Path, name: str, reason: str) -> None:
+    path = media_dir / name
+    with pytest.raises(MediaError) as info:
+        open_media(path)
+    assert info.value.path == str(path)
+    assert reason in info.value.reason
+
+
+def test_cut_image_decodes_no_frame(media_dir: Path, tmp_path: Path) -> None:
+    data = (media_dir / "photo.png").read_bytes()
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MediaError, match="no frame decodes"), open_media(cut) as reader:
+        list(reader)
+
+
+def test_reader_iterates_once(media_dir: Path) -> None:
+    with open_media(media_dir / "photo.png") as reader:
+        assert len(list(reader)) == 1
+        with pytest.raises(RuntimeError, match="iterates once"):
+            list(reader)

@@ -1,0 +1,296 @@
+"""The MQTT sink against a real mosquitto broker on 127.0.0.1 (started per test on a free port)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import CollectorRegistry
+
+from streamer.metrics import StreamerMetrics
+from streamer.schema import decode_rle
+from streamer.sinks import MqttSinkConfig, create_sink
+from streamer.sinks.mqtt import topic_for
+from tests.streamer.test_sinks import sample, sample_message, wait_until
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+pytestmark = pytest.mark.skipif(
+    not Path(MOSQUITTO).exists(), reason="needs the mosquitto broker (apt-get install mosquitto)")
+
+STATUS = "test/status"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """A mosquitto process listening on 127.0.0.1:``port``; ``restart()`` keeps the port."""
+
+    def __init__(self, directory: Path, users: dict[str, str] | None = None, port: int | None = None,
+                 start: bool = True) -> None:
+        self.port = port or free_port()
+        lines = [f"listener {self.port} 127.0.0.1", "persistence false", "user root"]
+        if users:
+            passwords = directory / "passwords"
+            passwords.touch(mode=0o600)
+            for user, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, password], check=True)
+            lines += [f"password_file {passwords}", "allow_anonymous false"]
+        else:
+            lines.append("allow_anonymous true")
+        self.config = directory / "mosquitto.conf"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.log = directory / "mosquitto.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=log)
+        if not wait_until(self._accepting, timeout=10.0):
+            self.stop()
+            pytest.fail(f"mosquitto did not listen on {self.port}: {self.log.read_text()}")
+
+    def kill(self) -> None:
+        """Die abruptly (SIGKILL): no clean disconnect for anybody."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def _accepting(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+
+class Subscriber:
+    """A paho client collecting ``(topic, payload, retained)``; it resubscribes after reconnects."""
+
+    def __init__(self, port: int, topics: list[str], username: str | None = None,
+                 password: str | None = None) -> None:
+        self.messages: queue.Queue[tuple[str, str, bool]] = queue.Queue()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.client.reconnect_delay_set(1, 1)
+        self.subscribed = False
+        self.topics = topics
+        self.client.on_connect = self._subscribe
+        self.client.on_subscribe = lambda *_: setattr(self, "subscribed", True)
+        self.client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload.decode(), m.retain))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert wait_until(lambda: self.subscribed), "subscriber did not subscribe"
+
+    def _subscribe(self, client: mqtt.Client, *_: Any) -> None:
+        for topic in self.topics:
+            client.subscribe(topic, qos=1)
+
+    def next(self, timeout: float = 10.0) -> tuple[str, str, bool]:
+        return self.messages.get(timeout=timeout)
+
+    def next_on(self, topic: str, timeout: float = 10.0) -> tuple[str, str, bool]:
+        """The next message on ``topic`` (skipping others)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.next(max(0.01, deadline - time.monotonic()))
+            if got[0] == topic:
+                return got
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path)
+    yield b
+    b.stop()
+
+
+def sink_config(port: int, **kw: Any) -> MqttSinkConfig:
+    fields: dict[str, Any] = {"topic": "test/{stream}/frames", "status_topic": STATUS, **kw}
+    return MqttSinkConfig(type="mqtt", host="127.0.0.1", port=port, **fields)
+
+
+def test_topic_template_fills_the_stream_name() -> None:
+    assert topic_for("maskrcnn/{stream}/frames", "cam1") == "maskrcnn/cam1/frames"
+    assert topic_for("all/frames", "cam1") == "all/frames"
+    assert topic_for("x/{stream}", "a/b+c#") == "x/a_b_c_"
+
+
+def test_publishes_on_templated_topics_with_online_then_offline_status(broker: Broker) -> None:
+    sub = Subscriber(broker.port, ["test/+/frames", STATUS])
+
+    async def scenario() -> CollectorRegistry:
+        registry = CollectorRegistry()
+        sink = create_sink(sink_config(broker.port, qos=1), StreamerMetrics(registry))
+        await sink.start()
+        assert sub.next_on(STATUS)[1] == "online"
+        assert sample(registry, "streamer_sink_connected", sink=sink.name) == 1
+        for i in range(3):
+            sink.publish(sample_message("cam1", i))
+            sink.publish(sample_message("cam2", i))
+        got = [sub.next() for _ in range(6)]
+        by_topic = {t: [json.loads(p)["frame"] for t2, p, _ in got if t2 == t] for t, _, _ in got}
+        assert by_topic == {"test/cam1/frames": [0, 1, 2], "test/cam2/frames": [0, 1, 2]}
+        first = json.loads(got[0][1])
+        assert first == sample_message(first["stream"], first["frame"])
+        mask = decode_rle(first["instances"][0]["mask"])
+        assert mask.shape == (48, 64) and mask.any()
+        await sink.close(timeout=2.0)
+        assert sample(registry, "streamer_sink_messages_sent_total", sink=sink.name) == 6
+        assert sample(registry, "streamer_sink_connected", sink=sink.name) == 0
+        return registry
+
+    registry = asyncio.run(scenario())
+    assert sub.next_on(STATUS) == (STATUS, "offline", False)
+    sub.close()
+    assert sample(registry, "streamer_sink_errors_total", sink=sink_config(broker.port).label) == 0
+    late = Subscriber(broker.port, [STATUS])  # the status is retained for late subscribers
+    assert late.next_on(STATUS) == (STATUS, "offline", True)
+    late.close()
+
+
+async def receive_until(sub: Subscriber, frame: int) -> list[int]:
+    """Frame indices received on ``test/cam1/frames`` up to and including ``frame``."""
+    frames: list[int] = []
+    while frame not in frames:
+        _, payload, _ = await asyncio.to_thread(sub.next_on, "test/cam1/frames")
+        frames.append(json.loads(payload)["frame"])
+    return frames
+
+
+def test_absent_broker_at_start_then_broker_restart_mid_run(tmp_path: Path) -> None:
+    """Start with no broker: nothing raises, publish keeps the newest ``buffer`` messages. The broker
+    appears → they arrive. It is killed → drops are counted. It comes back → later messages arrive."""
+    port = free_port()
+
+    async def scenario() -> None:
+        registry = CollectorRegistry()
+        sink = create_sink(sink_config(port, buffer=4), StreamerMetrics(registry))
+        name = sink.name
+        await sink.start()
+        for i in range(10):
+            sink.publish(sample_message("cam1", i))
+        assert sample(registry, "streamer_sink_messages_dropped_total", sink=name) == 6
+        await asyncio.to_thread(wait_until, lambda: sample(registry, "streamer_sink_errors_total", sink=name) >= 1)
+        assert sample(registry, "streamer_sink_connected", sink=name) == 0
+
+        broker = Broker(tmp_path, port=port)
+        sub = Subscriber(port, ["test/+/frames"])
+        assert await asyncio.to_thread(
+            wait_until, lambda: sample(registry, "streamer_sink_messages_sent_total", sink=name) == 4, 15.0)
+        sink.publish(sample_message("cam1", 100))
+        frames = await receive_until(sub, 100)
+        # Buffered while the broker was away: the newest 4, in order (unless the subscriber
+        # subscribed after the sink's reconnect: QoS 0 messages are not kept for it).
+        assert frames[:-1] == [6, 7, 8, 9][5 - len(frames):], frames
+
+        broker.kill()
+        assert await asyncio.to_thread(
+            wait_until, lambda: sample(registry, "streamer_sink_connected", sink=name) == 0)
+        dropped_before = sample(registry, "streamer_sink_messages_dropped_total", sink=name)
+        for i in range(200, 210):
+            sink.publish(sample_message("cam1", i))
+        assert sample(registry, "streamer_sink_messages_dropped_total", sink=name) >= dropped_before + 6
+
+        broker.start()
+        assert await asyncio.to_thread(
+            wait_until, lambda: sample(registry, "streamer_sink_connected", sink=name) == 1, 15.0)
+        assert await asyncio.to_thread(wait_until, lambda: sub.subscribed and sub.client.is_connected(), 15.0)
+        sink.publish(sample_message("cam1", 300))
+        frames = await receive_until(sub, 300)
+        assert set(frames) <= {206, 207, 208, 209, 300}, frames  # only the newest survived the outage
+        assert sample(registry, "streamer_sink_errors_total", sink=name) >= 2
+        await sink.close(timeout=2.0)
+        sub.close()
+        broker.stop()
+
+    asyncio.run(scenario())
+
+
+def test_last_will_announces_offline_when_the_daemon_dies(broker: Broker) -> None:
+    """SIGKILL a process running the sink: the broker publishes the retained ``offline`` will."""
+    sub = Subscriber(broker.port, [STATUS])
+    script = f"""
+import asyncio, sys
+from prometheus_client import CollectorRegistry
+from streamer.metrics import StreamerMetrics
+from streamer.sinks import MqttSinkConfig, create_sink
+async def main():
+    cfg = MqttSinkConfig(type="mqtt", host="127.0.0.1", port={broker.port}, status_topic="{STATUS}", keepalive=5)
+    sink = create_sink(cfg, StreamerMetrics(CollectorRegistry()))
+    await sink.start()
+    await asyncio.sleep(60)
+asyncio.run(main())
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        assert sub.next_on(STATUS, timeout=20.0)[1] == "online"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert sub.next_on(STATUS, timeout=10.0)[1] == "offline"
+    finally:
+        proc.kill()
+        proc.wait()
+        sub.close()
+
+
+def test_username_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broker = Broker(tmp_path, users={"streamer": "s3cret", "reader": "r3ad"})
+    sub = Subscriber(broker.port, ["test/+/frames"], username="reader", password="r3ad")
+    monkeypatch.setenv("TEST_MQTT_PASSWORD", "s3cret")
+
+    async def scenario() -> None:
+        registry = CollectorRegistry()
+        metrics = StreamerMetrics(registry)
+        good = create_sink(sink_config(broker.port, username="streamer", password_env="TEST_MQTT_PASSWORD"),
+                           metrics)
+        bad = create_sink(sink_config(broker.port, username="streamer", password="wrong", topic="bad/{stream}"),
+                          metrics)
+        await good.start()
+        await bad.start()
+        good.publish(sample_message("cam1", 1))
+        bad.publish(sample_message("cam1", 2))
+        assert json.loads(sub.next_on("test/cam1/frames")[1])["frame"] == 1
+        assert await asyncio.to_thread(
+            wait_until, lambda: sample(registry, "streamer_sink_errors_total", sink=bad.name) >= 1)
+        assert sample(registry, "streamer_sink_connected", sink=bad.name) == 0
+        assert sample(registry, "streamer_sink_connected", sink=good.name) == 1
+        await good.close(timeout=2.0)
+        await bad.close(timeout=0.5)
+        assert sample(registry, "streamer_sink_messages_dropped_total", sink=bad.name) == 1
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sub.close()
+        broker.stop()

@@ -1,0 +1,258 @@
+"""Sink configuration, the drop-oldest buffer and the JSONL sink (files and stdout, for real)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from engines.runner import Detections
+from streamer.metrics import StreamerMetrics
+from streamer.schema import decode_rle, frame_message
+from streamer.sinks import (
+    JsonlSinkConfig,
+    MqttSinkConfig,
+    ZmqSinkConfig,
+    create_sink,
+    parse_sink_spec,
+)
+from streamer.sinks.base import backoff_delay
+from streamer.sinks.jsonl import JsonlSink, rotate
+
+CLASSES = ("__background__", "circle", "square")
+
+
+def sample_message(stream: str = "cam1", index: int = 0) -> dict[str, Any]:
+    """A real frame message: two detections on a 48x64 frame, masks pasted and RLE-encoded."""
+    yy, xx = np.mgrid[:28, :28]
+    disc = (((yy - 13.5) ** 2 + (xx - 13.5) ** 2) < 12**2).astype(np.float32)
+    det = Detections(
+        boxes=np.array([[4, 4, 24, 30], [30, 10, 60, 40]], np.float32),
+        scores=np.array([0.9, 0.7], np.float32),
+        labels=np.array([1, 2], np.int64),
+        mask_probs=np.stack([disc, np.ones((28, 28), np.float32)]),
+        image_size=(48, 64),
+    )
+    return frame_message(stream, index, index / 25, det, det.paste(), CLASSES,
+                         extra={"stream": stream, "capture_time": 1.0e9 + index})
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    value = registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def wait_until(condition: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return bool(condition())
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+def test_parse_sink_spec_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_sink_spec("jsonl:-") == JsonlSinkConfig(type="jsonl", path="-")
+    assert parse_sink_spec("jsonl:/var/log/f.jsonl?max_bytes=1000").max_bytes == 1000  # type: ignore[union-attr]
+    assert parse_sink_spec("zmq:tcp://127.0.0.1:5599") == ZmqSinkConfig(type="zmq", endpoint="tcp://127.0.0.1:5599")
+
+    mqtt = parse_sink_spec("mqtt://bob:p%40ss@broker.lan:1884/site/{stream}/out?qos=1&mask_encoding=polygon")
+    assert isinstance(mqtt, MqttSinkConfig)
+    assert (mqtt.host, mqtt.port, mqtt.topic, mqtt.qos, mqtt.tls) == ("broker.lan", 1884, "site/{stream}/out", 1, False)
+    assert (mqtt.username, mqtt.resolved_password(), mqtt.mask_encoding) == ("bob", "p@ss", "polygon")
+    assert "p@ss" not in mqtt.label and "bob" not in mqtt.label and "p@ss" not in repr(mqtt)
+
+    tls = parse_sink_spec("mqtts://broker.lan")
+    assert isinstance(tls, MqttSinkConfig)
+    assert (tls.port, tls.tls, tls.topic) == (8883, True, "maskrcnn/{stream}/frames")
+
+    monkeypatch.setenv("TEST_MQTT_PASSWORD", "from-env")
+    env = MqttSinkConfig(type="mqtt", host="h", username="u", password_env="TEST_MQTT_PASSWORD")
+    assert env.resolved_password() == "from-env"
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("kafka:broker", "unknown sink type 'kafka'"),
+    ("jsonl", "expected jsonl:PATH"),
+    ("mqtt://", "no broker host"),
+    ("mqtt://h/topic/#", "without '+', '#'"),
+    ("mqtt://h?qos=3", "qos"),
+    ("zmq:udp://1.2.3.4:5", "must start with tcp://"),
+    ("jsonl:-?bogus=1", "bogus"),
+])
+def test_parse_sink_spec_rejects_with_reason(spec: str, expected: str) -> None:
+    with pytest.raises(ValueError, match="bad sink spec") as err:
+        parse_sink_spec(spec)
+    assert expected in str(err.value)
+
+
+def test_spec_errors_do_not_echo_passwords() -> None:
+    with pytest.raises(ValueError) as err:
+        parse_sink_spec("mqtt://bob:hunter2@broker:1883/t?qos=7")
+    assert "hunter2" not in str(err.value)
+
+
+def test_mqtt_config_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_UNSET_VAR", raising=False)
+    with pytest.raises(ValidationError, match="TEST_UNSET_VAR"):
+        MqttSinkConfig(type="mqtt", host="h", username="u", password_env="TEST_UNSET_VAR")
+    with pytest.raises(ValidationError, match="needs a username"):
+        MqttSinkConfig.model_validate({"type": "mqtt", "host": "h", "password": "x"})
+    with pytest.raises(ValidationError, match="tls = true"):
+        MqttSinkConfig(type="mqtt", host="h", ca_file="/etc/ssl/ca.pem")
+    with pytest.raises(ValidationError, match="extra"):
+        MqttSinkConfig.model_validate({"type": "mqtt", "host": "h", "colour": "red"})
+
+
+def test_backoff_delay_grows_with_jitter_and_caps() -> None:
+    rng = random.Random(0)
+    for attempt, ceiling in [(0, 0.5), (1, 1.0), (3, 4.0), (6, 30.0), (100, 30.0)]:
+        delays = [backoff_delay(attempt, rng=rng) for _ in range(200)]
+        assert all(ceiling / 2 <= d < ceiling for d in delays), (attempt, min(delays), max(delays))
+        assert max(delays) - min(delays) > ceiling / 4  # jittered, not lockstep
+    with pytest.raises(ValueError, match="attempt must be >= 0"):
+        backoff_delay(-1)
+
+
+# -- the bounded buffer -------------------------------------------------------------------------
+
+def test_absent_consumer_never_blocks_and_drops_oldest(tmp_path: Path) -> None:
+    """A JSONL sink whose directory does not exist yet: publish returns at once, the buffer keeps
+    the newest 4, and once the directory appears the sink reconnects and writes exactly those."""
+
+    async def scenario() -> None:
+        registry = CollectorRegistry()
+        metrics = StreamerMetrics(registry)
+        path = tmp_path / "later" / "frames.jsonl"
+        sink = create_sink(JsonlSinkConfig(type="jsonl", path=str(path), buffer=4), metrics)
+        await sink.start()
+        start = time.perf_counter()
+        for i in range(10):
+            sink.publish(sample_message(index=i))
+        assert time.perf_counter() - start < 0.05
+        assert sample(registry, "streamer_sink_messages_dropped_total", sink=sink.name) == 6
+        assert sample(registry, "streamer_queue_depth", queue=f"sink:{sink.name}") == 4
+        assert wait_until(lambda: sample(registry, "streamer_sink_errors_total", sink=sink.name) >= 1)
+        assert sample(registry, "streamer_sink_connected", sink=sink.name) == 0
+
+        path.parent.mkdir()
+        assert await asyncio.to_thread(
+            wait_until, lambda: sample(registry, "streamer_sink_messages_sent_total", sink=sink.name) == 4)
+        assert sample(registry, "streamer_sink_connected", sink=sink.name) == 1
+        await sink.close(timeout=2.0)
+        assert sample(registry, "streamer_sink_connected", sink=sink.name) == 0
+        frames = [json.loads(line)["frame"] for line in path.read_text().splitlines()]
+        assert frames == [6, 7, 8, 9]
+
+    asyncio.run(scenario())
+
+
+def test_close_counts_undeliverable_messages_and_refuses_new_ones(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        registry = CollectorRegistry()
+        metrics = StreamerMetrics(registry)
+        sink = create_sink(JsonlSinkConfig(type="jsonl", path=str(tmp_path / "no" / "f"), buffer=8), metrics)
+        await sink.start()
+        for i in range(5):
+            sink.publish(sample_message(index=i))
+        start = time.perf_counter()
+        await sink.close(timeout=0.2)
+        assert time.perf_counter() - start < 1.5
+        sink.publish(sample_message(index=5))
+        assert sample(registry, "streamer_sink_messages_dropped_total", sink=sink.name) == 6
+        assert sample(registry, "streamer_sink_messages_sent_total", sink=sink.name) == 0
+
+    asyncio.run(scenario())
+
+
+def test_unserializable_message_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        registry = CollectorRegistry()
+        path = tmp_path / "f.jsonl"
+        sink = create_sink(JsonlSinkConfig(type="jsonl", path=str(path)), StreamerMetrics(registry))
+        await sink.start()
+        bad = sample_message(index=0)
+        bad["oops"] = {1, 2}  # a set is not JSON
+        sink.publish(bad)
+        sink.publish(sample_message(index=1))
+        await sink.close(timeout=2.0)
+        assert sample(registry, "streamer_sink_errors_total", sink=sink.name) == 1
+        assert sample(registry, "streamer_sink_messages_sent_total", sink=sink.name) == 1
+        assert [json.loads(line)["frame"] for line in path.read_text().splitlines()] == [1]
+
+    asyncio.run(scenario())
+
+
+# -- JSONL --------------------------------------------------------------------------------------
+
+def test_jsonl_rotates_by_size_keeping_backups(tmp_path: Path) -> None:
+    line_bytes = len(json.dumps(sample_message(index=10), separators=(",", ":"))) + 1
+    path = tmp_path / "frames.jsonl"
+    cfg = JsonlSinkConfig(type="jsonl", path=str(path), max_bytes=3 * line_bytes + 10, backups=2, buffer=64)
+
+    async def scenario() -> CollectorRegistry:
+        registry = CollectorRegistry()
+        sink = create_sink(cfg, StreamerMetrics(registry))
+        assert isinstance(sink, JsonlSink)
+        await sink.start()
+        for i in range(10, 30):  # 20 lines: 3 per file
+            sink.publish(sample_message(index=i))
+        await sink.close(timeout=5.0)
+        return registry
+
+    registry = asyncio.run(scenario())
+    assert sample(registry, "streamer_sink_messages_sent_total", sink=cfg.label) == 20
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["frames.jsonl", "frames.jsonl.1", "frames.jsonl.2"]
+    frames = {}
+    for name in files:
+        assert (tmp_path / name).stat().st_size <= cfg.max_bytes
+        frames[name] = [json.loads(line)["frame"] for line in (tmp_path / name).read_text().splitlines()]
+    # 20 lines in files of 3: the last 2 in the live file, the 6 before in the backups, newest first.
+    assert frames == {"frames.jsonl": [28, 29], "frames.jsonl.1": [25, 26, 27], "frames.jsonl.2": [22, 23, 24]}
+    last = json.loads((tmp_path / "frames.jsonl").read_text().splitlines()[-1])
+    assert decode_rle(last["instances"][0]["mask"]).shape == (48, 64)
+
+
+def test_rotate_without_backups_starts_over(tmp_path: Path) -> None:
+    path = tmp_path / "f.jsonl"
+    path.write_text("old\n")
+    rotate(str(path), 0)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_each_sink_declares_its_mask_encoding() -> None:
+    metrics = StreamerMetrics(CollectorRegistry())
+    specs = {"jsonl:-": "rle", "zmq:tcp://127.0.0.1:1?mask_encoding=polygon": "polygon",
+             "mqtt://h/t?mask_encoding=none": "none"}
+    for spec, encoding in specs.items():
+        assert create_sink(parse_sink_spec(spec), metrics).encoding == encoding
+
+
+def test_jsonl_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    async def scenario() -> str:
+        registry = CollectorRegistry()
+        sink = create_sink(parse_sink_spec("jsonl:-"), StreamerMetrics(registry))
+        assert sink.name == "jsonl:stdout"
+        await sink.start()
+        for i in range(3):
+            sink.publish(sample_message("cam2", i))
+        await sink.close(timeout=2.0)
+        assert sample(registry, "streamer_sink_messages_sent_total", sink="jsonl:stdout") == 3
+        return sink.name
+
+    asyncio.run(scenario())
+    lines = capsys.readouterr().out.splitlines()
+    messages = [json.loads(line) for line in lines]
+    assert [(m["stream"], m["frame"]) for m in messages] == [("cam2", 0), ("cam2", 1), ("cam2", 2)]
+    assert messages[0] == sample_message("cam2", 0)

@@ -1,0 +1,148 @@
+"""Decode threads of streamer.sources against real files (encoded here) and closed ports."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streamer.batching import StreamQueue
+from streamer.config import SourceConfig
+from streamer.metrics import StreamerMetrics
+from streamer.sources import Frame, LoopHandoff, SourceWorker, backoff_delay
+from tests.streamer.conftest_daemon import encode_video, free_port
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 frames, 25 fps, 128x96."""
+    return encode_video(tmp_path_factory.mktemp("clip") / "clip.mp4", frames=20, fps=25)
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.dropped: list[tuple[int, str]] = []
+        self.states: list[str] = []
+
+
+async def run_worker(cfg: SourceConfig, seconds: float, queue_size: int = 2, consume_delay: float = 0.0,
+                     metrics: StreamerMetrics | None = None) -> tuple[Collected, SourceWorker]:
+    """Run one SourceWorker on this loop; consume its queue for ``seconds`` or until it closes."""
+    loop = asyncio.get_running_loop()
+    got = Collected()
+    queue = StreamQueue(cfg.name, queue_size, cfg.drops_frames, lambda f, r: got.dropped.append((f.index, r)))
+    changed = asyncio.Event()
+    queue.listen(changed.set)
+    metrics = metrics or StreamerMetrics(CollectorRegistry())
+    original = metrics.set_stream_state
+
+    def record_state(stream: str, state: str) -> None:
+        got.states.append(state)
+        original(stream, state)
+
+    metrics.set_stream_state = record_state  # type: ignore[method-assign]
+    worker = SourceWorker(cfg, LoopHandoff(loop, queue, threading.Event()), metrics, rng=random.Random(0))
+    worker.start()
+    deadline = loop.time() + seconds
+    while not queue.finished and loop.time() < deadline:
+        if len(queue):
+            got.frames.append(queue.pop())
+            if consume_delay:
+                await asyncio.sleep(consume_delay)
+            continue
+        changed.clear()
+        try:
+            await asyncio.wait_for(changed.wait(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            break
+    worker.stop()
+    assert await asyncio.to_thread(worker.join, 5.0), "decode thread did not stop"
+    return got, worker
+
+
+def test_backoff_delay_is_full_jitter_exponential_and_capped() -> None:
+    rng = random.Random(1)
+    for attempt, ceiling in [(0, 0.5), (1, 1.0), (3, 4.0), (10, 30.0), (100, 30.0)]:
+        delays = [backoff_delay(attempt, 0.5, 30.0, rng) for _ in range(200)]
+        assert all(0.0 <= d <= ceiling for d in delays)
+        assert max(delays) > 0.8 * ceiling and min(delays) < 0.2 * ceiling  # jitter over the full range
+
+
+def test_file_source_delivers_every_frame_in_order_without_dropping(clip: Path) -> None:
+    cfg = SourceConfig(name="clip", url=str(clip), realtime=False)
+    # A slow consumer and a 2-frame queue: the decoder must wait, never drop.
+    got, worker = asyncio.run(run_worker(cfg, seconds=20, queue_size=2, consume_delay=0.01))
+    assert [f.index for f in got.frames] == list(range(20))
+    assert got.dropped == []
+    assert got.frames[0].image.shape == (96, 128, 3) and got.frames[0].image.dtype.name == "uint8"
+    assert got.frames[0].source == str(clip) and got.frames[0].stream == "clip"
+    pts = [f.pts for f in got.frames]
+    assert pts == sorted(pts) and pts[1] == pytest.approx(0.04)
+    assert got.states == ["connecting", "up", "ended"]
+    assert worker.thread.name == "decode-clip"
+
+
+def test_realtime_file_is_paced_at_its_frame_rate(clip: Path) -> None:
+    cfg = SourceConfig(name="clip", url=str(clip), realtime=True)
+    start = time.monotonic()
+    got, _ = asyncio.run(run_worker(cfg, seconds=10, queue_size=4))
+    elapsed = time.monotonic() - start
+    assert len(got.frames) == 20
+    assert 0.7 <= elapsed < 3.0  # 19 frame intervals of 40 ms
+    received = [f.received for f in got.frames]
+    assert received[-1] - received[0] == pytest.approx(0.76, abs=0.25)
+
+
+def test_looping_file_continues_numbering_across_loops(clip: Path) -> None:
+    cfg = SourceConfig(name="loop", url=str(clip), realtime=False, loop=True)
+    got, worker = asyncio.run(run_worker(cfg, seconds=1.5, queue_size=4))
+    indices = [f.index for f in got.frames]
+    assert len(indices) > 40, "the file should have looped at least twice"
+    assert indices == list(range(len(indices)))
+    assert "ended" not in got.states[:-1] and got.states[:2] == ["connecting", "up"]
+    assert got.states.count("connecting") == 1
+
+
+def test_corrupt_file_fails_and_is_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    metrics = StreamerMetrics(CollectorRegistry())
+    cfg = SourceConfig(name="bad", url=str(bad))
+    with caplog.at_level(logging.WARNING, logger="streamer.sources"):
+        got, _ = asyncio.run(run_worker(cfg, seconds=10, metrics=metrics))
+    assert got.frames == [] and got.states == ["connecting", "failed"]
+    assert metrics.decode_errors.labels(stream="bad")._value.get() == 1
+    assert any("bad" in r.getMessage() and "failed" in r.getMessage() for r in caplog.records)
+
+
+def test_unreachable_live_source_backs_off_never_in_a_tight_loop(caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    metrics = StreamerMetrics(CollectorRegistry())
+    cfg = SourceConfig.model_validate({
+        "name": "gone", "url": f"rtsp://admin:s3cret@127.0.0.1:{port}/cam", "open_timeout_s": 1.0,
+        "reconnect": {"initial_delay_s": 0.2, "max_delay_s": 0.8}})
+    with caplog.at_level(logging.INFO, logger="streamer.sources"):
+        got, _ = asyncio.run(run_worker(cfg, seconds=3.0, metrics=metrics))
+    attempts = got.states.count("connecting")
+    # Full jitter from 0.2 s doubling to 0.8 s: a few attempts in 3 s, never hundreds.
+    assert 2 <= attempts <= 25, got.states
+    assert "backoff" in got.states and "up" not in got.states
+    assert metrics.reconnects.labels(stream="gone")._value.get() >= attempts - 1
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "s3cret" not in text and "rtsp://***@127.0.0.1" in text
+
+
+def test_max_attempts_marks_the_stream_failed() -> None:
+    cfg = SourceConfig.model_validate({
+        "name": "gone", "url": f"rtsp://127.0.0.1:{free_port()}/cam", "open_timeout_s": 1.0,
+        "reconnect": {"initial_delay_s": 0.05, "max_delay_s": 0.1, "max_attempts": 3}})
+    got, worker = asyncio.run(run_worker(cfg, seconds=10))
+    assert got.states.count("connecting") == 3
+    assert got.states[-1] == "failed" and worker.state == "failed"

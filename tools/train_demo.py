@@ -1,0 +1,353 @@
+"""Train the shipped demo model: torchvision Mask R-CNN, ResNet-18 FPN (128 ch), on synthetic shapes.
+
+Images are generated on the fly by ``streamer.demo.shapes.generate_image`` with seeds
+``TRAIN_SEED_BASE + iteration * batch + i`` (held-out evaluation seeds start at
+``streamer.demo.coco.EVAL_SEED_BASE`` and never meet these). Training uses ordinary BatchNorm; the
+result is folded into the FrozenBatchNorm2d construction and written as a plain state dict.
+
+    nice -n 5 python tools/train_demo.py --iters 3000 --out out/
+
+Outputs under ``--out``: ``train.log`` (progress), ``ckpt.pth`` (resumable, every few minutes),
+``demo_tv.pth`` (frozen-BN state dict), ``demo_config.json`` (constructor arguments and recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models import resnet18
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from streamer.demo.shapes import CLASS_NAMES, generate_image
+
+TRAIN_SEED_BASE = 10_000_000
+
+ANCHOR_SIZES = ((16,), (32,), (64,), (128,), (256,))
+ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * 5
+FPN_CHANNELS = 128
+REPRESENTATION = 256
+MASK_LAYERS = (128, 128, 128, 128)
+
+# Inference-time MaskRCNN keyword arguments (shipped in demo_config.json). Training changes only
+# the rpn/box sampling sizes below and the transform's min/max size (training crops are fed unscaled).
+INFERENCE_KWARGS: dict[str, Any] = {
+    "num_classes": None,  # torchvision requires None when box/mask predictors are given
+    "min_size": 360,
+    "max_size": 640,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+    "rpn_pre_nms_top_n_test": 1000,
+    "rpn_post_nms_top_n_test": 1000,
+    "rpn_nms_thresh": 0.7,
+    "rpn_fg_iou_thresh": 0.7,
+    "rpn_bg_iou_thresh": 0.3,
+    "rpn_score_thresh": 0.0,
+    "box_score_thresh": 0.05,
+    "box_nms_thresh": 0.5,
+    "box_detections_per_img": 100,
+    "box_fg_iou_thresh": 0.5,
+    "box_bg_iou_thresh": 0.5,
+}
+TRAIN_KWARGS: dict[str, Any] = {
+    "rpn_pre_nms_top_n_train": 1000,
+    "rpn_post_nms_top_n_train": 500,
+    "rpn_batch_size_per_image": 256,
+    "rpn_positive_fraction": 0.5,
+    "box_batch_size_per_image": 64,
+    "box_positive_fraction": 0.25,
+}
+
+
+def build_model(frozen_bn: bool) -> MaskRCNN:
+    """The demo architecture; ``frozen_bn`` picks FrozenBatchNorm2d (shipping) or BatchNorm2d (training)."""
+    norm_layer = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+    body = resnet18(weights=None, norm_layer=norm_layer)
+    backbone = BackboneWithFPN(
+        body,
+        return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        in_channels_list=[64, 128, 256, 512],
+        out_channels=FPN_CHANNELS,
+    )
+    num_classes = len(CLASS_NAMES)
+    return MaskRCNN(
+        backbone,
+        rpn_anchor_generator=AnchorGenerator(ANCHOR_SIZES, ASPECT_RATIOS),
+        box_head=TwoMLPHead(FPN_CHANNELS * 7 * 7, REPRESENTATION),
+        box_predictor=FastRCNNPredictor(REPRESENTATION, num_classes),
+        mask_head=MaskRCNNHeads(FPN_CHANNELS, MASK_LAYERS, 1),
+        mask_predictor=MaskRCNNPredictor(MASK_LAYERS[-1], FPN_CHANNELS, num_classes),
+        **INFERENCE_KWARGS,
+        **TRAIN_KWARGS,
+    )
+
+
+def frozen_state_dict(model: MaskRCNN) -> dict[str, torch.Tensor]:
+    """The BatchNorm model's weights in FrozenBatchNorm2d layout (``num_batches_tracked`` dropped).
+
+    FrozenBatchNorm2d computes ``x * w / sqrt(var + 1e-5) + (b - mean * w / sqrt(var + 1e-5))``,
+    exactly BatchNorm2d in eval mode with eps 1e-5, so the tensors carry over unchanged.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d) and m.eps != 1e-5:
+            raise ValueError(f"FrozenBatchNorm2d uses eps=1e-5; a BatchNorm2d has eps={m.eps}")
+    return {
+        k: v.detach().clone()
+        for k, v in model.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
+
+
+def make_batch(
+    iteration: int, batch: int, size: tuple[int, int], max_shapes: int, device: torch.device
+) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Training images (float 0..1 ``[3, H, W]``) and targets for one iteration; empty scenes are skipped."""
+    images: list[torch.Tensor] = []
+    targets: list[dict[str, torch.Tensor]] = []
+    seed = TRAIN_SEED_BASE + iteration * batch * 4
+    while len(images) < batch:
+        scene = generate_image(seed, height=size[0], width=size[1], max_shapes=max_shapes)
+        seed += 1
+        if len(scene.labels) == 0:
+            continue
+        masks = torch.from_numpy(scene.masks)
+        boxes = _mask_boxes(scene.masks)
+        images.append(torch.from_numpy(scene.image).permute(2, 0, 1).float().div(255).to(device))
+        targets.append(
+            {
+                "boxes": torch.from_numpy(boxes).to(device),
+                "labels": torch.from_numpy(scene.labels).to(device),
+                "masks": masks.to(torch.uint8).to(device),
+            }
+        )
+    return images, targets
+
+
+def _mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """Tight ``xyxy`` float32 boxes ``[K, 4]`` of bool masks ``[K, H, W]`` (pixel edges, exclusive max)."""
+    boxes = np.zeros((len(masks), 4), dtype=np.float32)
+    for i, m in enumerate(masks):
+        cols = np.flatnonzero(m.any(axis=0))
+        rows = np.flatnonzero(m.any(axis=1))
+        boxes[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return boxes
+
+
+def lr_at(it: int, iters: int, base_lr: float, warmup: int) -> float:
+    """Linear warmup then cosine decay to 1% of ``base_lr``."""
+    if it < warmup:
+        return base_lr * (0.001 + 0.999 * it / warmup)
+    t = (it - warmup) / max(iters - warmup, 1)
+    return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--iters", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--height", type=int, default=320, help="training image height (px)")
+    parser.add_argument("--width", type=int, default=320, help="training image width (px)")
+    parser.add_argument(
+        "--max-shapes", type=int, default=6, help="shapes per training image: 2..this"
+    )
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=Path("out"))
+    parser.add_argument("--ckpt-minutes", type=float, default=4.0)
+    parser.add_argument(
+        "--budget-min",
+        type=float,
+        default=0.0,
+        help="if > 0, fix --iters at the end of warmup so training takes about this long",
+    )
+    parser.add_argument(
+        "--resume-iters", type=int, default=0, help="on resume, change the schedule length to this"
+    )
+    parser.add_argument("--bench", type=int, default=0, help="only time this many iterations")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = (args.out / "train.log").open("a")
+
+    def say(msg: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {msg}"
+        print(line, flush=True)
+        log.write(line + "\n")
+        log.flush()
+
+    model = build_model(frozen_bn=False).to(device)
+    # Training crops are fed at native scale: the transform must not resize them.
+    model.transform.min_size = (min(args.height, args.width),)
+    model.transform.max_size = max(args.height, args.width)
+    optim = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    ckpt_path = args.out / "ckpt.pth"
+    start, elapsed_before, iters = 0, 0.0, args.bench or args.iters
+    if ckpt_path.exists() and not args.bench:
+        ckpt = torch.load(ckpt_path, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        optim.load_state_dict(ckpt["optim"])
+        start, elapsed_before, iters = ckpt["iteration"], ckpt["elapsed_s"], ckpt["iters"]
+        if args.resume_iters:
+            # Changes the schedule mid-run: the log and config record it for reproduction.
+            say(f"schedule length changed on resume: {iters} -> {args.resume_iters}")
+            iters = args.resume_iters
+        torch.set_rng_state(ckpt["torch_rng"])
+        say(f"resumed from {ckpt_path} at iteration {start} of {iters}")
+    say(f"args {vars(args)}")
+    model.train()
+    t0 = time.time()
+    last_ckpt = t0
+    smooth: dict[str, float] = {}
+    it = start
+    while it < iters:
+        if it == args.warmup and args.budget_min > 0 and it > start:
+            # Fix the schedule length once, from the warmup's throughput (reproduce with --iters).
+            left_s = args.budget_min * 60 - (elapsed_before + time.time() - t0)
+            iters = max(
+                args.warmup + 1, int(args.warmup + left_s * (it - start) / (time.time() - t0))
+            )
+            say(f"budget {args.budget_min} min: schedule fixed at --iters {iters}")
+        lr = lr_at(it, iters, args.lr, args.warmup)
+        for g in optim.param_groups:
+            g["lr"] = lr
+        images, targets = make_batch(
+            it, args.batch, (args.height, args.width), args.max_shapes, device
+        )
+        losses = model(images, targets)
+        total = sum(losses.values())
+        optim.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optim.step()
+        for k, v in losses.items():
+            smooth[k] = 0.95 * smooth.get(k, v.item()) + 0.05 * v.item()
+        it += 1
+        now = time.time()
+        if it % 20 == 0 or it == iters:
+            rate = (it - start) / (now - t0)
+            eta = (iters - it) / rate
+            parts = " ".join(f"{k.replace('loss_', '')}={v:.3f}" for k, v in smooth.items())
+            say(
+                f"it {it}/{iters} lr={lr:.2e} total={sum(smooth.values()):.3f} {parts} {rate:.2f} it/s ETA {eta / 60:.1f} min"
+            )
+        if not args.bench and (now - last_ckpt > args.ckpt_minutes * 60 or it == iters):
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optim": optim.state_dict(),
+                    "iteration": it,
+                    "iters": iters,
+                    "elapsed_s": elapsed_before + now - t0,
+                    "torch_rng": torch.get_rng_state(),
+                },
+                ckpt_path.with_suffix(".tmp"),
+            )
+            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+            last_ckpt = now
+    if args.bench:
+        return
+    wall = elapsed_before + time.time() - t0
+    args.iters = iters
+    export(model.cpu().eval(), args, wall, say)
+
+
+def export(model: MaskRCNN, args: argparse.Namespace, wall_s: float, say: Any) -> None:
+    """Fold BN into the FrozenBatchNorm2d construction, check it, write ``demo_tv.pth`` and the config."""
+    # Back to the inference transform (training fed its crops unscaled).
+    model.transform.min_size = (INFERENCE_KWARGS["min_size"],)
+    model.transform.max_size = INFERENCE_KWARGS["max_size"]
+    state = frozen_state_dict(model)
+    frozen = build_model(frozen_bn=True).eval()
+    frozen.load_state_dict(state, strict=True)
+    check = [
+        torch.from_numpy(generate_image(s).image).permute(2, 0, 1).float().div(255) for s in (1, 2)
+    ]
+    with torch.no_grad():
+        a, b = model(check), frozen(check)
+    for x, y in zip(a, b, strict=True):
+        # Same maths, different float op order (scale/shift folded vs normalise-then-affine).
+        if not torch.equal(x["labels"], y["labels"]):
+            raise RuntimeError("frozen-BN model gives other labels than the BN model in eval mode")
+        for k, tol in (("boxes", 1e-2), ("scores", 1e-4), ("masks", 1e-3)):
+            diff = (x[k] - y[k]).abs().max().item() if x[k].numel() else 0.0
+            if diff > tol:
+                raise RuntimeError(f"frozen-BN model differs from the BN model on {k!r} by {diff}")
+    say("frozen-BN strict load OK; eval outputs equal to the BN model's within float rounding")
+    torch.save(state, args.out / "demo_tv.pth")
+    n_params = sum(v.numel() for k, v in state.items() if "running_" not in k)
+    config = {
+        "architecture": "torchvision MaskRCNN, resnet18 + BackboneWithFPN",
+        "class_names": list(CLASS_NAMES),
+        "backbone": {
+            "body": "resnet18",
+            "norm_layer": "FrozenBatchNorm2d",
+            "return_layers": {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+            "in_channels_list": [64, 128, 256, 512],
+            "out_channels": FPN_CHANNELS,
+        },
+        "rpn_anchor_generator": {
+            "sizes": [list(s) for s in ANCHOR_SIZES],
+            "aspect_ratios": [list(a) for a in ASPECT_RATIOS],
+        },
+        "box_head": {"in_channels": FPN_CHANNELS * 7 * 7, "representation_size": REPRESENTATION},
+        "box_predictor": {"in_channels": REPRESENTATION, "num_classes": len(CLASS_NAMES)},
+        "mask_head": {"in_channels": FPN_CHANNELS, "layers": list(MASK_LAYERS), "dilation": 1},
+        "mask_predictor": {
+            "in_channels": MASK_LAYERS[-1],
+            "dim_reduced": FPN_CHANNELS,
+            "num_classes": len(CLASS_NAMES),
+        },
+        "maskrcnn_kwargs": {**INFERENCE_KWARGS, **TRAIN_KWARGS},
+        "parameters": n_params,
+        "training": {
+            "data": "streamer.demo.shapes.generate_image, on the fly",
+            "train_seed_base": TRAIN_SEED_BASE,
+            "image_size_hw": [args.height, args.width],
+            "shapes_per_image": [2, args.max_shapes],
+            "transform_during_training": {
+                "min_size": min(args.height, args.width),
+                "max_size": max(args.height, args.width),
+            },
+            "iterations": args.iters,
+            "batch": args.batch,
+            "optimizer": "AdamW",
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+            "warmup_iters": args.warmup,
+            "schedule": "linear warmup, cosine to 1%",
+            "grad_clip_norm": 10.0,
+            "norm": "BatchNorm2d (batch statistics) during training, folded to FrozenBatchNorm2d",
+            "seed": args.seed,
+            "device": args.device,
+            "threads": args.threads,
+            "wall_time_s": round(wall_s, 1),
+            "torch": torch.__version__,
+        },
+    }
+    (args.out / "demo_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    say(f"wrote {args.out / 'demo_tv.pth'} ({n_params} parameters) and demo_config.json")
+
+
+if __name__ == "__main__":
+    main()
