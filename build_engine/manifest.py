@@ -79,6 +79,14 @@ def onnx_io_and_plugins(onnx_path: str | Path) -> tuple[tuple[TensorSpec, ...], 
     return inputs, outputs, tuple(plugins[k] for k in sorted(plugins))
 
 
+def onnx_metadata(onnx_path: str | Path) -> dict[str, str]:
+    """The ONNX file's ``metadata_props`` as a dict (empty when it has none)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
 def recorded_command(argv: Sequence[str] | None = None) -> tuple[str, ...]:
     """``("build-engine", *args)`` from ``argv`` (default ``sys.argv``), program name normalized."""
     args = list(sys.argv if argv is None else argv)
@@ -99,13 +107,14 @@ def build_manifest(
     version_compatible: bool = False,
     env: RuntimeEnvironment | None = None,
 ) -> Manifest:
-    """The manifest of an engine built here from ``onnx_path`` (I/O and plugins read from it).
+    """The manifest of an engine built here from ``onnx_path`` (I/O, plugins and metadata read from it).
 
     Args:
         env: the build machine; None = :func:`engines.manifest.collect_runtime_environment`.
         argv: the build command line (default ``sys.argv``), recorded for rebuilds.
     """
     inputs, outputs, plugins = onnx_io_and_plugins(onnx_path)
+    graph = onnx_metadata(onnx_path)
     build = BuildArgs(
         precision=precision,
         batch=batch,
@@ -125,6 +134,7 @@ def build_manifest(
         preprocessing=dict(preprocessing),
         build_command=recorded_command(argv),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        graph=graph or None,
     )
 
 

@@ -41,7 +41,11 @@ PRECISION_FLAG = "--precision"
 MIN_BATCH_FLAG = "--min-batch"
 MAX_BATCH_FLAG = "--max-batch"
 INPUT_SIZE_FLAG = "--input-size"
-"""``build-engine`` options that the rebuild command edits when a caller needs other values."""
+"""``build-engine`` options that the rebuild command edits when a caller needs other values
+(``build_engine.cli`` records its command in this explicit form)."""
+SOURCE_SIZE_FLAG = "--source-size"
+_REPLACED_BY: dict[str, tuple[str, ...]] = {INPUT_SIZE_FLAG: (SOURCE_SIZE_FLAG, "--input")}
+"""Options dropped from the rebuild command when the key option is set (they would conflict)."""
 
 
 @dataclass(frozen=True)
@@ -126,9 +130,15 @@ class Manifest:
     """argv that built the engine, starting with ``build-engine``."""
     created_at: str
     schema: str = SCHEMA
+    graph: dict[str, str] | None = None
+    """The ONNX graph's metadata (``engines.static_io.GraphInfo.to_metadata()``): frame size, input
+    mode, class names, model config; None for graphs without it."""
+    parity: dict[str, Any] | None = None
+    """The build step's parity report against PyTorch (``build_engine.parity_report``); None = not run."""
 
     def to_json(self) -> str:
-        return _MANIFEST_ADAPTER.dump_json(self, indent=2).decode()
+        exclude = {name for name in ("graph", "parity") if getattr(self, name) is None}
+        return _MANIFEST_ADAPTER.dump_json(self, indent=2, exclude=exclude or None).decode()
 
     @staticmethod
     def from_json(text: str, source: str = "manifest") -> Manifest:
@@ -335,6 +345,7 @@ def rebuild_command(manifest: Manifest, mismatches: Sequence[Mismatch] = ()) -> 
         return None
     for m in mismatches:
         for flag, value in m.rebuild_args:
+            argv = _without_options(argv, _REPLACED_BY.get(flag, ()))
             for i, arg in enumerate(argv):
                 if arg == flag and i + 1 < len(argv):
                     argv[i + 1] = value
@@ -345,6 +356,20 @@ def rebuild_command(manifest: Manifest, mismatches: Sequence[Mismatch] = ()) -> 
             else:
                 argv += [flag, value]
     return shlex.join(argv)
+
+
+def _without_options(argv: list[str], flags: Sequence[str]) -> list[str]:
+    """``argv`` without ``FLAG VALUE`` / ``FLAG=VALUE`` for each of ``flags``."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in flags:
+            skip = True
+        elif not any(arg.startswith(f + "=") for f in flags):
+            out.append(arg)
+    return out
 
 
 def compatibility_message(manifest: Manifest, mismatches: Sequence[Mismatch], engine: str | Path = "engine") -> str:

@@ -26,6 +26,7 @@ import logging
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,9 @@ class Daemon:
         """Run all phases; the exit status (see the module docstring)."""
         loop = asyncio.get_running_loop()
         self._install_signal_handlers(loop)
+        log.info("streamer %s starting: %d sources, %d sinks, model %s on %s", streamer.__version__,
+                 len(self.cfg.sources), len(self.cfg.sinks), self.cfg.inference.model or "(demo)",
+                 self.cfg.inference.device)
         code = 0
         startup = asyncio.ensure_future(self._startup())
         if await self._until(startup, float("inf")):
@@ -249,9 +253,10 @@ class Daemon:
 
     def _stop_stream(self, name: str, forget: bool) -> int:
         """Stop a stream (its thread ends in the background); the next frame index."""
-        stream = self.streams.pop(name)
+        stream = self.streams[name]
         stream.worker.stop()
-        self._batcher.remove_queue(name)
+        self._batcher.remove_queue(name)  # queued frames count as dropped ("shutdown")
+        del self.streams[name]
         if forget:
             self.metrics.remove_stream(name)
             self.metrics.queue_depth.remove(f"stream:{name}")
@@ -292,12 +297,13 @@ class Daemon:
         return sum(1 for s in self.streams.values() if s.worker.state == "up")
 
     def status_line(self) -> str:
-        """One-line summary for ``STATUS=``."""
-        states = ", ".join(f"{n} {s.worker.state or 'new'}" for n, s in self.streams.items())
+        """One-line summary for ``STATUS=``, e.g. ``running; 2/3 streams up (1 backoff); 5120
+        frames published, 12 dropped, 3 queued``."""
+        others = Counter(s.worker.state or "new" for s in self.streams.values() if s.worker.state != "up")
+        detail = f" ({', '.join(f'{n} {state}' for state, n in sorted(others.items()))})" if others else ""
         published = self._publisher.published_total() if self._publisher else 0
-        return (f"{self.phase.value}; {self.streams_up()}/{len(self.streams)} streams up ({states}); "
-                f"{published} frames published, {self._dropped} dropped, "
-                f"{self._batcher.pending()} queued")
+        return (f"{self.phase.value}; {self.streams_up()}/{len(self.streams)} streams up{detail}; "
+                f"{published} frames published, {self._dropped} dropped, {self._batcher.pending()} queued")
 
     def _count_drop(self, frame: Frame, reason: str) -> None:
         self._dropped += 1

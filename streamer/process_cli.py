@@ -219,7 +219,8 @@ def _load_runner(model: str | None, device: str, backend: str | None) -> Runner 
         runner: Runner = load_runner(model, device=device, backend=backend)
     except Exception as err:  # any load failure is reported as one line, never a traceback
         what = model if model is not None else "embedded demo model"
-        print(f"error: {what}: cannot load the model: {err}", file=sys.stderr, flush=True)
+        reason = str(err).removeprefix(f"{what}: ")  # loaders often name the file themselves
+        print(f"error: {what}: cannot load the model: {reason}", file=sys.stderr, flush=True)
         logger.debug("model load failure", exc_info=True)
         return None
     logger.info("model %s (%s on %s), %d classes", runner.info.name, runner.info.backend,

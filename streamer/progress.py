@@ -15,6 +15,7 @@ the end, through the ``streamer.progress`` logger, so ``--log-level`` controls i
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -28,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 5.0
 """Seconds between two log lines of ``LogProgress``."""
+
+FALLBACK_SIZE = (80, 24)
+"""``(columns, lines)`` assumed for a terminal that reports no size."""
 
 
 class Progress(ABC):
@@ -61,8 +65,13 @@ class BarProgress(Progress):
     """A tqdm bar on ``stream``: items done, items/s, and ETA when ``total`` is known."""
 
     def __init__(self, desc: str, total: int | None, unit: str, stream: TextIO) -> None:
-        self._bar = tqdm(desc=desc, total=total, unit=unit, file=stream, dynamic_ncols=True,
-                         leave=True)
+        # Follow the terminal's size; a terminal reporting 0 x 0 (a pty nobody sized, e.g.
+        # `docker run -t`, `script`) would make tqdm print nothing, so it gets FALLBACK_SIZE.
+        columns, lines = _terminal_size(stream)
+        self._bar = tqdm(desc=desc, total=total, unit=unit, file=stream, leave=True,
+                         dynamic_ncols=columns > 0,
+                         ncols=None if columns > 0 else FALLBACK_SIZE[0],
+                         nrows=None if lines > 0 else FALLBACK_SIZE[1])
 
     def update(self, n: int = 1) -> None:
         self._bar.update(n)
@@ -129,6 +138,15 @@ def progress(desc: str, total: int | None, *, unit: str = "frame", stream: TextI
     if _is_tty(out):
         return BarProgress(desc, total, unit, out)
     return LogProgress(desc, total, unit, interval_s=interval_s)
+
+
+def _terminal_size(stream: TextIO) -> tuple[int, int]:
+    """``(columns, lines)`` of the terminal behind ``stream``; 0 for what it does not report."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return 0, 0
+    return size.columns, size.lines
 
 
 def _is_tty(stream: TextIO) -> bool:

@@ -28,7 +28,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import av
 import av.codec.hwaccel
@@ -37,16 +37,13 @@ import numpy as np
 import numpy.typing as npt
 
 from streamer.config import SourceConfig
+from streamer.metrics import StreamerMetrics, StreamState
 from streamer.redact import redact_url
 
 if TYPE_CHECKING:
     from streamer.batching import StreamQueue
-    from streamer.metrics import StreamerMetrics
 
 log = logging.getLogger("streamer.sources")
-
-StreamState = Literal["connecting", "up", "backoff", "ended", "failed"]
-STREAM_STATES: tuple[StreamState, ...] = ("connecting", "up", "backoff", "ended", "failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +137,8 @@ class SourceWorker:
         self.state: StreamState | None = None
         self.stop_event = handoff.stop
         self._rng = rng or random.Random()
+        self._hwaccel = cfg.hwaccel
+        """Hardware decoder device type; None once it proved unavailable."""
         self._reported_decoder = False
         self._fps_window = (time.monotonic(), 0)
         self.thread = threading.Thread(target=self._run, name=f"decode-{cfg.name}", daemon=True)
@@ -194,8 +193,11 @@ class SourceWorker:
                 self.metrics.reconnects.labels(stream=self.name).inc()
                 if self.stop_event.wait(delay):
                     break
-            if self.state not in ("failed",):
+            if self.state != "failed":
                 self._set_state("ended")
+        except Exception as err:  # a bug or an unforeseen error: this stream fails, the others go on
+            log.exception("stream %s: decode thread crashed", self.name)
+            self._set_state("failed", self._describe(err))
         finally:
             self.handoff.end()
 
@@ -208,19 +210,17 @@ class SourceWorker:
         if self.cfg.kind == "live":
             kwargs["timeout"] = (self.cfg.open_timeout_s, self.cfg.stall_timeout_s)
         hwaccel = None
-        if self.cfg.hwaccel:
-            hwaccel = av.codec.hwaccel.HWAccel(device_type=self.cfg.hwaccel, allow_software_fallback=True)
+        if self._hwaccel:
+            hwaccel = av.codec.hwaccel.HWAccel(device_type=self._hwaccel, allow_software_fallback=True)
         try:
             container = av.open(url, hwaccel=hwaccel, **kwargs)
         except av.FFmpegError as err:
             if hwaccel is None:
                 raise
-            if not self._reported_decoder:
-                log.warning("stream %s: hwaccel %s unavailable (%s); software decoding",
-                            self.name, self.cfg.hwaccel, self._describe(err))
-                self._reported_decoder = True
-            self.cfg = self.cfg.model_copy(update={"hwaccel": None})
-            container = av.open(url, **kwargs)
+            container = av.open(url, **kwargs)  # raises again if the input, not the device, fails
+            log.warning("stream %s: hwaccel %s unavailable (%s); software decoding",
+                        self.name, self._hwaccel, self._describe(err))
+            self._hwaccel, self._reported_decoder = None, True
         if not container.streams.video:
             container.close()
             raise ValueError("no video stream in the input")
@@ -228,7 +228,7 @@ class SourceWorker:
         stream.thread_type = "AUTO"
         if not self._reported_decoder:
             ctx = stream.codec_context
-            how = f"hardware decoding ({self.cfg.hwaccel})" if ctx.is_hwaccel else "software decoding"
+            how = f"hardware decoding ({self._hwaccel})" if ctx.is_hwaccel else "software decoding"
             log.info("stream %s: %s, codec %s, %dx%d", self.name, how, ctx.name, ctx.width, ctx.height)
             self._reported_decoder = True
         return container

@@ -34,6 +34,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from streamer.demo.shapes import CLASS_NAMES, generate_image
 
 TRAIN_SEED_BASE = 10_000_000
+CALIBRATION_SEED_BASE = 20_000_000
+"""BatchNorm statistics are re-estimated on scenes with these seeds (disjoint from train and eval)."""
 
 ANCHOR_SIZES = ((16,), (32,), (64,), (128,), (256,))
 ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * 5
@@ -110,6 +112,47 @@ def frozen_state_dict(model: MaskRCNN) -> dict[str, torch.Tensor]:
     }
 
 
+@torch.no_grad()
+def recalibrate_bn(model: MaskRCNN, size: tuple[int, int], images: int, say: Any) -> None:
+    """Re-estimate every BatchNorm2d's running mean/var on ``images`` generated frames of ``size``.
+
+    Frames (seeds from ``CALIBRATION_SEED_BASE``, 2..6 shapes) go one at a time through the
+    model's transform and backbone (the only place with BatchNorm); the statistics are the exact
+    average over them (``momentum=None``), not the lagging training-time running average. Leaves
+    the model in eval mode.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.eval()
+    for bn in bns:
+        bn.train()
+    for i in range(images):
+        scene = generate_image(
+            CALIBRATION_SEED_BASE + i, height=size[0], width=size[1], max_shapes=6
+        )
+        tensor = torch.from_numpy(scene.image).permute(2, 0, 1).float().div(255)
+        batch, _ = model.transform([tensor.to(next(model.parameters()).device)])
+        model.backbone(batch.tensors)
+    for bn in bns:
+        bn.momentum = 0.1
+    model.eval()
+    say(f"BatchNorm statistics re-estimated on {images} {size[1]}x{size[0]} frames")
+
+
+def freeze_bn(model: MaskRCNN) -> None:
+    """Put every BatchNorm2d in eval mode: normalise with the running statistics, stop updating them.
+
+    Training with batch statistics of 2 images lets the network lean on per-image normalisation
+    (each scene has one dominant background colour), which population statistics at inference
+    do not give; training the last part of the schedule with frozen statistics removes that gap.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+
+
 def make_batch(
     iteration: int, batch: int, size: tuple[int, int], max_shapes: int, device: torch.device
 ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -179,6 +222,15 @@ def main() -> None:
         help="if > 0, fix --iters at the end of warmup so training takes about this long",
     )
     parser.add_argument(
+        "--freeze-bn-at",
+        type=int,
+        default=0,
+        help="from this iteration on, train with BN statistics re-estimated then frozen (0: never)",
+    )
+    parser.add_argument(
+        "--bn-calibration", type=int, default=100, help="frames to re-estimate BN statistics on"
+    )
+    parser.add_argument(
         "--resume-iters", type=int, default=0, help="on resume, change the schedule length to this"
     )
     parser.add_argument("--bench", type=int, default=0, help="only time this many iterations")
@@ -216,6 +268,9 @@ def main() -> None:
         say(f"resumed from {ckpt_path} at iteration {start} of {iters}")
     say(f"args {vars(args)}")
     model.train()
+    if 0 < args.freeze_bn_at <= start:
+        freeze_bn(model)
+        say(f"BatchNorm frozen since iteration {args.freeze_bn_at}")
     t0 = time.time()
     last_ckpt = t0
     smooth: dict[str, float] = {}
@@ -228,6 +283,11 @@ def main() -> None:
                 args.warmup + 1, int(args.warmup + left_s * (it - start) / (time.time() - t0))
             )
             say(f"budget {args.budget_min} min: schedule fixed at --iters {iters}")
+        if it == args.freeze_bn_at:
+            recalibrate_bn(model, (args.height, args.width), args.bn_calibration, say)
+            model.train()
+            freeze_bn(model)
+            say(f"BatchNorm frozen from iteration {it}")
         lr = lr_at(it, iters, args.lr, args.warmup)
         for g in optim.param_groups:
             g["lr"] = lr
@@ -269,14 +329,15 @@ def main() -> None:
         return
     wall = elapsed_before + time.time() - t0
     args.iters = iters
-    export(model.cpu().eval(), args, wall, say)
+    model = model.cpu()
+    # Back to the inference transform (training fed its crops unscaled).
+    model.transform.min_size = (INFERENCE_KWARGS["min_size"],)
+    model.transform.max_size = INFERENCE_KWARGS["max_size"]
+    export(model.eval(), args, wall, say)
 
 
 def export(model: MaskRCNN, args: argparse.Namespace, wall_s: float, say: Any) -> None:
     """Fold BN into the FrozenBatchNorm2d construction, check it, write ``demo_tv.pth`` and the config."""
-    # Back to the inference transform (training fed its crops unscaled).
-    model.transform.min_size = (INFERENCE_KWARGS["min_size"],)
-    model.transform.max_size = INFERENCE_KWARGS["max_size"]
     state = frozen_state_dict(model)
     frozen = build_model(frozen_bn=True).eval()
     frozen.load_state_dict(state, strict=True)
@@ -338,6 +399,13 @@ def export(model: MaskRCNN, args: argparse.Namespace, wall_s: float, say: Any) -
             "schedule": "linear warmup, cosine to 1%",
             "grad_clip_norm": 10.0,
             "norm": "BatchNorm2d (batch statistics) during training, folded to FrozenBatchNorm2d",
+            "bn_freeze": {
+                "from_iteration": args.freeze_bn_at,
+                "calibration_frames": args.bn_calibration,
+                "calibration_seed_base": CALIBRATION_SEED_BASE,
+                "how": "running mean/var reset and averaged exactly over frames fed one at a "
+                "time, then BatchNorm2d in eval mode for the rest of training",
+            },
             "seed": args.seed,
             "device": args.device,
             "threads": args.threads,

@@ -78,10 +78,11 @@ class StaticOps:
     """Fixed-shape NMS and RoIAlign used by :meth:`MaskRCNN.forward_static` (eager versions)."""
 
     def nms(self, boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, valid: torch.Tensor,
-            iou_threshold: float, max_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+            iou_threshold: float, max_out: int, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batched group-wise NMS over the ``valid`` boxes of each image.
 
-        Args: ``boxes[N, M, 4]``, ``scores[N, M]``, ``groups[N, M]`` (class or level), ``valid[N, M]``.
+        Args: ``boxes[N, M, 4]``, ``scores[N, M]``, ``groups[N, M]`` (class or level, in
+        ``[0, num_groups)``; graph versions use ``num_groups`` as the class dimension), ``valid[N, M]``.
         Returns: kept indices ``Tensor[N, max_out]`` by decreasing score (padded with 0) and
         ``counts[N]``.
         """
@@ -175,14 +176,14 @@ class MaskRCNN(nn.Module):
         logits, deltas, anchors = self._rpn(feats, tuple(x.shape[-2:]))  # type: ignore[arg-type]
         props, prop_valid = static_proposals(logits, deltas, anchors, size, c, ops)  # [N, P, 4], [N, P]
         n, p = props.shape[:2]
-        batch_idx = torch.arange(n, device=x.device, dtype=props.dtype).repeat_interleave(p)[:, None]
+        batch_idx = torch.arange(n, device=x.device, dtype=props.dtype)[:, None].expand(n, p).reshape(-1, 1)
         rois = torch.cat([batch_idx, props.reshape(-1, 4)], 1)
         pooled = ops.roi_align(feats[:4], rois, self.box_roi)
         class_logits, box_deltas = self.roi_heads.box_predictor(self.roi_heads.box_head(pooled))
         boxes, scores = decode_class_boxes(class_logits, box_deltas, rois[:, 1:], c)
         det = static_detections(boxes.view(n, p, -1, 4), scores.view(n, p, -1), prop_valid, size, c, ops)
         d = det.boxes.shape[1]
-        det_batch = torch.arange(n, device=x.device, dtype=props.dtype).repeat_interleave(d)[:, None]
+        det_batch = torch.arange(n, device=x.device, dtype=props.dtype)[:, None].expand(n, d).reshape(-1, 1)
         mask_rois = torch.cat([det_batch, det.boxes.reshape(-1, 4)], 1)
         mask_logits = self.roi_heads.mask_predictor(self.roi_heads.mask_head(ops.roi_align(feats[:4], mask_rois,
                                                                                          self.mask_roi)))

@@ -48,7 +48,7 @@ def static_proposals(
     sel_logits, sel_boxes, sel_levels = [], [], []
     for lvl, (lg, dl, an) in enumerate(zip(logits, deltas, anchors, strict=True)):
         n, m = lg.shape
-        k = min(cfg.rpn_pre_nms_top_n, m)
+        k = min(cfg.rpn_pre_nms_top_n, int(m))  # int(): a constant K when traced
         top, idx = lg.topk(k, dim=1)
         d = _gather(dl, idx)
         a = an[idx.reshape(-1)]
@@ -60,9 +60,9 @@ def static_proposals(
     levels = torch.cat(sel_levels, 1)
     n, m = scores.shape
     valid = box_ops.small_box_mask(boxes.reshape(-1, 4), cfg.rpn_min_size).view(n, m)
-    valid &= scores >= cfg.rpn_score_thresh
-    p = min(cfg.rpn_post_nms_top_n, m)
-    keep, counts = ops.nms(boxes, scores, levels, valid, cfg.rpn_nms_thresh, p)
+    valid = valid & (scores >= cfg.rpn_score_thresh)
+    p = min(cfg.rpn_post_nms_top_n, int(m))
+    keep, counts = ops.nms(boxes, scores, levels, valid, cfg.rpn_nms_thresh, p, len(logits))
     props = _gather(boxes, keep)
     prop_valid = torch.arange(p, device=boxes.device)[None, :] < counts[:, None]
     return props * prop_valid[..., None], prop_valid
@@ -82,16 +82,16 @@ def static_detections(
     labels = torch.arange(1, k, device=scores.device).view(1, 1, -1).expand(n, p, k - 1).reshape(n, -1)
     flat_scores = scores[:, :, 1:].reshape(n, -1)
     valid = prop_valid[:, :, None].expand(n, p, k - 1).reshape(n, -1) & (flat_scores > cfg.box_score_thresh)
-    valid &= box_ops.small_box_mask(boxes.reshape(-1, 4), BOX_MIN_SIZE).view(n, -1)
+    valid = valid & box_ops.small_box_mask(boxes.reshape(-1, 4), BOX_MIN_SIZE).view(n, -1)
     candidates = valid.sum(1)
-    c = min(cfg.static_box_candidates, flat_scores.shape[1])
+    c = min(cfg.static_box_candidates, int(flat_scores.shape[1]))
     masked = torch.where(valid, flat_scores, torch.full_like(flat_scores, -1.0))
     cand_scores, cand_idx = masked.topk(c, dim=1)
     cand_boxes = _gather(boxes, cand_idx)
     cand_labels = labels.gather(1, cand_idx)
     cand_valid = valid.gather(1, cand_idx)
     d = cfg.detections_per_img
-    keep, counts = ops.nms(cand_boxes, cand_scores, cand_labels, cand_valid, cfg.box_nms_thresh, d)
+    keep, counts = ops.nms(cand_boxes, cand_scores, cand_labels, cand_valid, cfg.box_nms_thresh, d, k)
     ok = torch.arange(keep.shape[1], device=keep.device)[None, :] < counts[:, None]
     out_boxes = _gather(cand_boxes, keep) * ok[..., None]
     out_scores = cand_scores.gather(1, keep) * ok

@@ -31,8 +31,10 @@ class _PastedDetections(Detections):
 
 
 def _tv_dets(tv: torch.nn.Module, frames: list[np.ndarray]) -> list[Detections]:
+    # One image per call: torchvision pads a list of different-size images to one batch size,
+    # which changes results; our runner batches equal-size frames only.
     with torch.no_grad():
-        outs = tv([tv_input(torch.from_numpy(f)) for f in frames])
+        outs = [tv([tv_input(torch.from_numpy(f))])[0] for f in frames]
     dets = []
     for o, f in zip(outs, frames, strict=True):
         d = _PastedDetections(o["boxes"].numpy(), o["scores"].numpy(), o["labels"].numpy(),

@@ -126,17 +126,19 @@ class NotifyListener:
 
 
 class DaemonProcess:
-    """``python -m streamer.cli run ARGS`` with stderr in a log file."""
+    """``python -m streamer.cli run ARGS`` with stderr in a log file (stdout discarded or to a file)."""
 
-    def __init__(self, args: list[str], tmp: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], tmp: Path, env: dict[str, str] | None = None,
+                 stdout: Path | None = None) -> None:
         self.log_path = tmp / "daemon.log"
         self._log = self.log_path.open("w")
+        self._out = stdout.open("w") if stdout is not None else subprocess.DEVNULL
         # One intra-op thread: the test machine's 2 cores are shared; spinning OpenMP threads
         # under contention make inference many times slower.
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamer.cli", "run", *args], cwd=REPO, env=full_env,
-            stdout=subprocess.DEVNULL, stderr=self._log)
+            stdout=self._out, stderr=self._log)
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -166,6 +168,8 @@ class DaemonProcess:
             self.proc.kill()
             self.proc.wait(10)
         self._log.close()
+        if not isinstance(self._out, int):
+            self._out.close()
         if exc is not None:
             sys.stderr.write(f"--- daemon log ---\n{self.log()[-4000:]}\n")
 

@@ -1,17 +1,28 @@
-"""Bounded per-stream queues and fair, size-grouped batches (streamer.batching)."""
+"""Bounded per-stream queues, fair size-grouped batches (streamer.batching), and the pipeline
+from batches to published messages (streamer.inference)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
+import av
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from streamer.batching import Batcher, StreamQueue, take_fair
 from streamer.config import BatchingConfig
+from streamer.inference import InferenceWorker, MessageSpec, Publisher, run_pipeline
+from streamer.metrics import StreamerMetrics
+from streamer.schema import MaskEncoding
+from streamer.sinks.base import Sink
 from streamer.sources import Frame
+from tests.streamer.conftest_daemon import encode_video
 
 
 def frame(stream: str, index: int, size: tuple[int, int] = (96, 128), age: float = 0.0) -> Frame:
@@ -178,3 +189,60 @@ def test_batch_never_exceeds_max_size(max_batch: int) -> None:
     queues = [filled(n, 5, drops) for n in "abc"]
     batch, _ = take_fair(queues, max_batch, None, time.monotonic(), 1.0, drops)
     assert len(batch) == max_batch
+
+
+class RecordingSink(Sink):
+    """A sink that keeps what it is given (the daemon's side of the Sink interface)."""
+
+    def __init__(self, encoding: MaskEncoding) -> None:
+        self.name, self.encoding = f"memory:{encoding}", encoding
+        self.messages: list[dict[str, Any]] = []
+
+    async def start(self) -> None:
+        pass
+
+    def publish(self, msg: dict[str, Any]) -> None:
+        self.messages.append(msg)
+
+    async def close(self, timeout: float) -> None:
+        pass
+
+
+def test_pipeline_publishes_each_stream_in_frame_order(tiny_model_path: Path) -> None:
+    """Batcher → inference thread → postprocess pool (3 threads) → sinks: every frame of three
+    streams published once, in frame order per stream, one message per sink encoding."""
+    from engines.loading import load_runner
+
+    runner = load_runner(tiny_model_path)
+    clip = encode_video(tiny_model_path.parent / "pipeline.mp4", frames=1)
+    with av.open(str(clip)) as container:
+        image = next(container.decode(video=0)).to_ndarray(format="rgb24")
+
+    async def scenario() -> tuple[RecordingSink, RecordingSink, StreamerMetrics]:
+        metrics = StreamerMetrics(CollectorRegistry())
+        batcher = Batcher(BatchingConfig(max_batch_size=4, queue_size=8), Drops())
+        sinks = (RecordingSink("rle"), RecordingSink("none"))
+        spec = MessageSpec(runner.info.class_names, frozenset({"rle", "none"}), 0.3, 0.5)
+        publisher = Publisher(sinks, spec, metrics, workers=3, max_in_flight=2, active=lambda s: True)
+        pipeline = asyncio.create_task(run_pipeline(batcher, InferenceWorker(runner, metrics), publisher, metrics))
+        queues = [batcher.new_queue(name, drops=False) for name in ("a", "b", "c")]
+        for i in range(6):
+            for q in queues[: 1 + i % 3]:
+                await q.put(replace(frame(q.name, i), image=image))
+        batcher.close()
+        await asyncio.wait_for(pipeline, 120)
+        return *sinks, metrics
+
+    rle, plain, metrics = asyncio.run(scenario())
+    sent = [(m["stream"], m["frame"]) for m in rle.messages]
+    assert sorted(sent) == sorted((s, i) for i in range(6) for s in "abc"[: 1 + i % 3])
+    for stream in "abc":
+        indices = [i for s, i in sent if s == stream]
+        assert indices == sorted(indices)
+    assert [(m["stream"], m["frame"]) for m in plain.messages] == sent
+    with_masks = [inst for m in rle.messages for inst in m["instances"]]
+    assert with_masks and all("mask" in inst for inst in with_masks)
+    assert all("mask" not in inst for m in plain.messages for inst in m["instances"])
+    assert all(inst["score"] >= 0.3 for inst in with_masks)
+    assert rle.messages[0]["width"] == 128 and "capture_time" in rle.messages[0]
+    assert metrics.frames_published.labels(stream="a")._value.get() == 6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from streamer.config import (
     validate_config,
     with_defaults,
 )
+from streamer.config_cli import check_command
 from streamer.redact import RedactingFilter, redact_url
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,18 +138,14 @@ def test_redaction_of_urls_and_log_records() -> None:
     assert RedactingFilter().filter(record) and record.getMessage() == "opening rtsp://***@h/s"
 
 
-def run_check(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamer.cli", "config", "check", str(path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
-
-
-def test_config_check_command(tmp_path: Path) -> None:
-    good = run_check(SHIPPED)
-    assert good.returncode == 0, good.stderr
-    assert good.stdout.strip() == f"{SHIPPED}: ok (no sources: the demo video, no sinks: JSONL on stdout)"
+def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_command(argparse.Namespace(file=SHIPPED)) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"{SHIPPED}: ok (no sources: the demo video, no sinks: JSONL on stdout)")
     bad = tmp_path / "bad.toml"
     bad.write_text('[[sources]]\nname = "cam1"\nurl = "rtsp://h/s"\ntransport = "quic"\n[batching]\nmax_wait = 1\n')
-    result = run_check(bad)
+    result = subprocess.run([sys.executable, "-m", "streamer.cli", "config", "check", str(bad)],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"error: {bad}: sources[0].transport = 'quic': Input should be 'tcp' or 'udp'",

@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 
 from streamer.sdnotify import Notifier, pipeline_alive, watchdog_period
-from tests.streamer.conftest_daemon import DaemonProcess, NotifyListener, encode_video, read_jsonl, wait_for
+from tests.streamer.conftest_daemon import (
+    DaemonProcess,
+    NotifyListener,
+    encode_video,
+    read_jsonl,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,9 +61,8 @@ def metrics_text(daemon: DaemonProcess) -> str:
 def sample(text: str, name: str, **labels: str) -> float:
     """The value of one sample of the Prometheus exposition ``text`` (0 if absent)."""
     for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
+        if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 
@@ -143,6 +148,10 @@ def test_sighup_adds_removes_and_restarts_streams(tmp_path: Path, long_clip: Pat
     write_config(config, sources("a", "keep", "chg"), tiny_model_path, out)
     with DaemonProcess(["--config", str(config)], tmp_path) as daemon:
         assert wait_for(lambda: all(frames_of(n) for n in ("a", "keep", "chg")), 60), daemon.log()
+        config.write_text(config.read_text() + "\n[batching]\nmax_batch = 2\n")
+        daemon.signal(signal.SIGHUP)
+        assert daemon.wait_log("SIGHUP: the config file is invalid; keeping the running config", 10)
+        assert "batching.max_batch = 2: unknown key" in daemon.log()
         write_config(config, sources("keep", "b") + sources("chg", stall=9.0), tiny_model_path, out)
         daemon.signal(signal.SIGHUP)
         assert daemon.wait_log("SIGHUP: streams reloaded: added ['b'], removed ['a'], restarted ['chg'], "
@@ -159,6 +168,38 @@ def test_sighup_adds_removes_and_restarts_streams(tmp_path: Path, long_clip: Pat
     chg = frames_of("chg")
     assert chg == sorted(set(chg)) and len(chg) > len(chg_before), "restarted stream numbers on"
     assert 'stream="a"' not in text and 'streamer_stream_state{state="up",stream="b"} 1.0' in text
+
+
+def test_command_line_sources_and_stdout_default_and_exit_when_sources_end(
+        tmp_path: Path, tiny_model_path: Path) -> None:
+    """No config file: --source/--model on the command line, JSONL on stdout (the default sink),
+    and the daemon drains and exits 0 by itself once its only (non-looping) file has ended."""
+    clip = encode_video(tmp_path / "short.mp4", frames=12, fps=25)
+    stdout = tmp_path / "stdout.jsonl"
+    args = ["--source", f"short={clip}", "--model", str(tiny_model_path), "--metrics-address", "off"]
+    with DaemonProcess(args, tmp_path, stdout=stdout) as daemon:
+        assert daemon.wait(90) == 0, daemon.log()
+    messages = read_jsonl(stdout)
+    assert [m["frame"] for m in messages] == list(range(12))
+    assert {m["stream"] for m in messages} == {"short"} and messages[0]["source"] == str(clip)
+    assert "every source has ended" in daemon.log()
+
+
+def test_startup_failures_exit_1_with_the_reason(tmp_path: Path, long_clip: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--source", f"clip={long_clip}", "--metrics-address", f"127.0.0.1:{port}"]
+        with DaemonProcess(args, tmp_path) as daemon:
+            assert daemon.wait(60) == 1
+        assert f"startup failed: cannot serve metrics on 127.0.0.1:{port}" in daemon.log()
+    missing = tmp_path / "missing.safetensors"
+    args = ["--source", f"clip={long_clip}", "--model", str(missing), "--metrics-address", "off"]
+    with DaemonProcess(args, tmp_path) as daemon:
+        assert daemon.wait(60) == 1
+    assert f"startup failed: cannot load the model {missing} on cpu" in daemon.log()
+    assert "phase draining -> stopped" in daemon.log()
 
 
 def test_second_sigint_forces_exit_and_shutdown_timeout_exits_1(

@@ -175,9 +175,10 @@ def test_log_progress_lines_follow_the_interval(caplog: pytest.LogCaptureFixture
     ]
 
 
-def test_progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere() -> None:
+@pytest.mark.parametrize(("lines", "columns"), [(24, 100), (0, 0)])  # 0 x 0: a pty nobody sized
+def test_progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere(lines: int, columns: int) -> None:
     leader, follower = os.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 x 100 chars
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
     with os.fdopen(follower, "w") as tty:
         bar = progress("clip.mp4", total=8, stream=tty)
         assert isinstance(bar, BarProgress)
@@ -214,6 +215,7 @@ def test_cli_writes_jsonl_and_annotations(model_path: Path, media_dir: Path, tmp
     assert status == 0
     messages = _messages(out.read_text())
     assert _frames_by_source(messages) == {inputs[0]: [0, 1, 2], inputs[1]: [0]}
+    assert any(m["instances"] for m in messages), "the tiny model is calibrated to detect things"
     for m in messages:
         for inst in m["instances"]:
             assert inst["score"] >= 0.5
@@ -247,6 +249,7 @@ def test_unloadable_model_is_one_error_line_exit_1(media_dir: Path, tmp_path: Pa
     assert captured.out == ""
     errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {broken}: cannot load the model: ")
+    assert errors[0].count(str(broken)) == 1
     assert "Traceback" not in captured.err
 
 

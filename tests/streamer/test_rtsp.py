@@ -51,7 +51,13 @@ def test_stall_watchdog_reconnects_a_frozen_rtsp_stream() -> None:
         queue.listen(lambda: frames.extend(queue.pop() for _ in range(len(queue))))
         metrics = StreamerMetrics(CollectorRegistry())
         states: list[str] = []
-        metrics.set_stream_state = lambda s, state: states.append(state)  # type: ignore[method-assign]
+        record = metrics.set_stream_state
+
+        def record_state(stream: str, state: str) -> None:
+            states.append(state)
+            record(stream, state)
+
+        metrics.set_stream_state = record_state  # type: ignore[method-assign]
         cfg = SourceConfig.model_validate({
             "name": "cam", "url": server.url, "transport": "tcp", "stall_timeout_s": 1.5,
             "open_timeout_s": 2.0, "reconnect": {"initial_delay_s": 0.2, "max_delay_s": 1.0}})

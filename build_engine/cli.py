@@ -1,0 +1,428 @@
+"""``build-engine``: model → ONNX graph → TensorRT engine, with a manifest and a parity report.
+
+::
+
+    build-engine --model model.safetensors --source-size 1920x1080             # engine + manifest
+    build-engine --model model.safetensors --onnx-only --source-size 640x480   # portable ONNX graph
+
+Steps (a progress line each): export (:func:`build_engine.export.export_onnx`), ONNX
+check, engine build (:mod:`build_engine.trt_build`, skipped with ``--onnx-only``), parity
+against the PyTorch model (:mod:`build_engine.parity_report`). The manifest
+(``<artifact>.manifest.json``) records the machine, the build arguments, the I/O, the
+parity report and the build command in its explicit form (``--min-batch/--opt-batch/
+--max-batch``, ``--input-size``), which :mod:`engines.manifest` edits into rebuild commands.
+
+Exit status: 0 built (parity passed or skipped), 1 failure (model, TensorRT, export, build,
+or parity failed: the files are kept and the manifest says so), 2 usage error. Errors are
+one line on stderr: ``build-engine: error: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NoReturn
+
+from build_engine.manifest import build_manifest, write_manifest
+from build_engine.parity_report import ParityReport, artifact_parity, skipped_report
+from build_engine.progress import Progress
+from build_engine.trt_build import (
+    EngineBuildError,
+    EngineBuildOptions,
+    build_engine_file,
+    import_tensorrt,
+)
+from engines.engine_cache import EngineRequest
+from engines.manifest import (
+    INPUT_SIZE_FLAG,
+    MAX_BATCH_FLAG,
+    MIN_BATCH_FLAG,
+    PRECISION_FLAG,
+    SOURCE_SIZE_FLAG,
+    BatchProfile,
+    HardwareCompatibility,
+    Manifest,
+    Precision,
+    RuntimeEnvironment,
+    collect_runtime_environment,
+)
+from engines.model.config import MaskRCNNConfig
+from engines.model.preprocess import resized_size
+
+PROG = "build-engine"
+OPT_BATCH_FLAG = "--opt-batch"
+DEFAULT_BATCH = "1:4:8"
+DEFAULT_SOURCE_SIZE = "1920x1080"
+DEFAULT_PARITY_FRAMES = 4
+RoiAlign = Literal["plugin", "onnx"]
+
+
+class UsageError(ValueError):
+    """A bad option value (exit status 2)."""
+
+
+class BuildFailure(RuntimeError):
+    """A step failed (exit status 1); the message says which and why."""
+
+
+# --------------------------------------------------------------------------- option values
+def parse_batch(spec: str) -> BatchProfile:
+    """``"MIN:OPT:MAX"`` (or ``"N"`` for N:N:N) → :class:`BatchProfile`."""
+    parts = spec.split(":")
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        raise UsageError(f"--batch takes MIN:OPT:MAX with integers >= 1 (e.g. {DEFAULT_BATCH}), got {spec}")
+    lo, opt, hi = (int(p) for p in parts)
+    if not lo <= opt <= hi:
+        raise UsageError(f"MIN <= OPT <= MAX required, got {spec}")
+    return BatchProfile(lo, opt, hi)
+
+
+def parse_size(spec: str, flag: str, order: Literal["HxW", "WxH"]) -> tuple[int, int]:
+    """``"AxB"`` in the flag's ``order`` → ``(H, W)`` in pixels (each >= 16)."""
+    parts = spec.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        example = "800x1344" if order == "HxW" else "1920x1080"
+        raise UsageError(f"{flag} takes {order} in pixels (e.g. {example}), got {spec}")
+    a, b = int(parts[0]), int(parts[1])
+    h, w = (a, b) if order == "HxW" else (b, a)
+    if min(h, w) < 16:
+        raise UsageError(f"{flag} sides must be >= 16 px, got {spec}")
+    return h, w
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything ``build-engine`` was asked to do (sizes are ``(H, W)``)."""
+
+    model: Path | None
+    out: Path | None = None
+    onnx_only: bool = False
+    roi_align: RoiAlign = "plugin"
+    precision: Precision = "fp32"
+    batch: BatchProfile = dataclasses.field(default_factory=lambda: BatchProfile(1, 4, 8))
+    source_size: tuple[int, int] | None = None
+    input_size: tuple[int, int] | None = None
+    parity_frames: int = DEFAULT_PARITY_FRAMES
+    workspace_mib: int | None = None
+    timing_cache: Path | None = None
+    hardware_compatibility: HardwareCompatibility = "none"
+    version_compatible: bool = False
+
+    def command(self, out: Path) -> list[str]:
+        """The explicit ``build-engine`` argv that repeats this build (recorded in the manifest)."""
+        b = self.batch
+        argv = [PROG] + (["--model", str(self.model)] if self.model is not None else [])
+        argv += ["--out", str(out)] + (["--onnx-only"] if self.onnx_only else [])
+        argv += ["--roi-align", self.roi_align, PRECISION_FLAG, self.precision, MIN_BATCH_FLAG, str(b.min),
+                 OPT_BATCH_FLAG, str(b.opt), MAX_BATCH_FLAG, str(b.max)]
+        if self.source_size is not None:
+            argv += [SOURCE_SIZE_FLAG, f"{self.source_size[1]}x{self.source_size[0]}"]
+        if self.input_size is not None:
+            argv += [INPUT_SIZE_FLAG, f"{self.input_size[0]}x{self.input_size[1]}"]
+        argv += ["--parity-frames", str(self.parity_frames)]
+        if self.workspace_mib is not None:
+            argv += ["--workspace-mib", str(self.workspace_mib)]
+        if self.timing_cache is not None:
+            argv += ["--timing-cache", str(self.timing_cache)]
+        if self.hardware_compatibility != "none":
+            argv += ["--hardware-compatibility", self.hardware_compatibility]
+        return argv + (["--version-compatible"] if self.version_compatible else [])
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    onnx_path: Path
+    engine_path: Path | None
+    manifest_path: Path
+    parity: ParityReport
+
+
+def frame_and_input_size(cfg: MaskRCNNConfig, opts: BuildOptions) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(frame size, network input size)``, both ``(H, W)``.
+
+    ``--source-size``: frames at the camera size, resized in the graph to
+    ``resized_size(H, W, min_size, max_size)`` as the model's preprocessing does.
+    ``--input-size``: frames arrive already at the network input size; the graph only
+    normalizes and pads (the export sets the resize scale to exactly 1).
+    """
+    if opts.source_size is not None:
+        return opts.source_size, resized_size(*opts.source_size, float(cfg.min_size), float(cfg.max_size))
+    assert opts.input_size is not None
+    return opts.input_size, opts.input_size
+
+
+def output_paths(opts: BuildOptions, model_name: str, frame_hw: tuple[int, int]) -> tuple[Path, Path | None]:
+    """``(onnx, engine)``: ``--out`` with its suffix replaced (``.onnx`` / ``.plan``), or a default name."""
+    out = opts.out or Path(f"{model_name}_{frame_hw[0]}x{frame_hw[1]}_{opts.precision}"
+                           + (".onnx" if opts.onnx_only else ".plan"))
+    engine_suffixes = (".plan", ".engine", ".trt")
+    base = out.with_suffix("") if out.suffix in (".onnx", *engine_suffixes) else out
+    onnx_path = base.with_name(base.name + ".onnx")
+    if opts.onnx_only:
+        return onnx_path, None
+    return onnx_path, out if out.suffix in engine_suffixes else base.with_name(base.name + ".plan")
+
+
+# --------------------------------------------------------------------------- the build
+def preflight(opts: BuildOptions) -> RuntimeEnvironment:
+    """This machine; for an engine, refuse early when TensorRT or a GPU is missing."""
+    env = collect_runtime_environment()
+    if opts.onnx_only:
+        return env
+    try:
+        import_tensorrt()
+    except ImportError as exc:
+        raise BuildFailure(str(exc)) from exc
+    if env.compute_capability is None:
+        raise BuildFailure("no CUDA GPU found: an engine is built on the GPU model it will run on; run build-engine "
+                           "on the GPU box, or use --onnx-only to export the graph")
+    return env
+
+
+def _step_failed(step: str, exc: BaseException) -> BuildFailure:
+    return BuildFailure(f"{step} failed: {exc}")
+
+
+def build(opts: BuildOptions, progress: Progress) -> BuildResult:
+    """Run every step of ``opts``; raise :class:`BuildFailure` / :class:`UsageError` on problems."""
+    from engines.loading import ModelLoadError, demo_model_path, load_model
+
+    env = preflight(opts)
+    try:
+        loaded = load_model(opts.model)
+    except ModelLoadError as exc:
+        raise BuildFailure(str(exc)) from exc
+    cfg = loaded.model.cfg
+    frame_hw, input_hw = frame_and_input_size(cfg, opts)
+    onnx_path, engine_path = output_paths(opts, loaded.name, frame_hw)
+    artifact = engine_path or onnx_path
+    if opts.source_size is not None:
+        progress.note(f"network input {input_hw[0]}x{input_hw[1]} (HxW) for {frame_hw[1]}x{frame_hw[0]} (WxH) source "
+                      f"frames (model resize: min_size {cfg.min_size}, max_size {cfg.max_size})")
+
+    with progress.stage("export"):
+        from build_engine.export import export_onnx
+
+        try:
+            export_onnx(loaded.model, onnx_path, source_hw=opts.source_size, input_hw=opts.input_size,
+                        roi_align=opts.roi_align, precision=opts.precision, class_names=loaded.class_names,
+                        name=loaded.name)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise _step_failed("ONNX export", exc) from exc
+    with progress.stage("ONNX check"):
+        _check_onnx(onnx_path, progress)
+
+    def manifest_of(parity: ParityReport | None) -> Manifest:
+        m = build_manifest(
+            onnx_path=onnx_path, weights_path=opts.model or demo_model_path(), precision=opts.precision,
+            batch=opts.batch, input_size=input_hw, class_names=loaded.class_names,
+            preprocessing={"mean": list(cfg.image_mean), "std": list(cfg.image_std), "min_size": cfg.min_size,
+                           "max_size": cfg.max_size, "size_divisible": cfg.size_divisible, "input_format": "RGB",
+                           "frame_size": list(frame_hw),
+                           "source_size": list(opts.source_size) if opts.source_size else None},
+            argv=opts.command(artifact), hardware_compatibility=opts.hardware_compatibility,
+            version_compatible=opts.version_compatible, env=env)
+        return m if parity is None else dataclasses.replace(m, parity=parity.as_dict())
+
+    if engine_path is not None:
+        with progress.stage("engine build"):
+            _build_engine(opts, onnx_path, engine_path, env, progress)
+        write_manifest(manifest_of(None), engine_path)  # the engine never lies around without its manifest
+    with progress.stage("parity"):
+        report = _parity(opts, loaded.name, onnx_path, engine_path, frame_hw, progress)
+    manifest_path = write_manifest(manifest_of(report), artifact)
+    return BuildResult(onnx_path, engine_path, manifest_path, report)
+
+
+def _check_onnx(onnx_path: Path, progress: Progress) -> None:
+    """ONNX checker (full inference; fatal), then ``onnx_check.tensorrt_problems``: printed as a
+    note only, since TensorRT's own parser is the judge (its errors end an engine build)."""
+    import onnx
+
+    from build_engine.onnx_check import check_onnx, tensorrt_problems
+
+    model = onnx.load(str(onnx_path))
+    try:
+        check_onnx(model)
+    except onnx.checker.ValidationError as exc:
+        raise _step_failed("ONNX check", exc) from exc
+    problems = tensorrt_problems(model)
+    if problems:
+        progress.note(f"note: TensorRT may not import this graph as is: {'; '.join(problems)}")
+
+
+def _build_engine(opts: BuildOptions, onnx_path: Path, engine_path: Path, env: RuntimeEnvironment,
+                  progress: Progress) -> None:
+    from build_engine.manifest import onnx_io_and_plugins
+
+    inputs, _, plugins = onnx_io_and_plugins(onnx_path)
+    bar = progress.counter("TensorRT")
+
+    def on_phase(name: str, step: int, steps: int) -> None:
+        bar.set_description(name[:40])
+        bar.total = steps
+        bar.n = step
+        bar.refresh()
+
+    assert env.compute_capability is not None
+    build_opts = EngineBuildOptions(
+        onnx_path=onnx_path, engine_path=engine_path, frames=inputs[0], batch=opts.batch,
+        compute_capability=env.compute_capability, uses_plugin=bool(plugins),
+        workspace_bytes=opts.workspace_mib * 2**20 if opts.workspace_mib else None,
+        timing_cache=opts.timing_cache, hardware_compatibility=opts.hardware_compatibility,
+        version_compatible=opts.version_compatible)
+    try:
+        build_engine_file(build_opts, on_phase)
+    except (ImportError, EngineBuildError, ValueError, RuntimeError) as exc:
+        raise _step_failed("engine build", exc) from exc
+    finally:
+        bar.close()
+
+
+def _parity(opts: BuildOptions, name: str, onnx_path: Path, engine_path: Path | None,
+            frame_hw: tuple[int, int], progress: Progress) -> ParityReport:
+    import torch
+
+    device = "cuda" if engine_path is not None and torch.cuda.is_available() else "cpu"
+    candidate = "tensorrt (cuda:0)" if engine_path is not None else "onnxruntime (cpu)"
+    if opts.parity_frames <= 0:
+        return skipped_report("--parity-frames 0", candidate, f"pytorch ({device})", opts.precision)
+    if engine_path is None and opts.roi_align == "plugin":
+        return skipped_report("ONNX Runtime cannot run the TensorRT RoIAlign plugin node; the engine built from this "
+                              "graph gets its parity check when it is built", candidate, f"pytorch ({device})",
+                              opts.precision)
+    try:
+        return artifact_parity(
+            opts.model, engine_path or onnx_path, "tensorrt" if engine_path is not None else "onnxruntime",
+            frame_hw, opts.precision, opts.parity_frames, min(max(opts.batch.opt, opts.batch.min), opts.batch.max),
+            reference_device=device, identity_resize=opts.input_size is not None,
+            wrap=lambda items, desc, total: progress.bar(items, desc, total))
+    except (ImportError, ValueError, RuntimeError, OSError) as exc:
+        raise _step_failed(f"parity ({name})", exc) from exc
+
+
+def build_for_cache(model_path: Path | None, engine_path: Path, request: EngineRequest) -> Path:
+    """:data:`engines.engine_cache.EngineBuilder`: build ``request`` into ``engine_path``.
+
+    Raises :class:`BuildFailure` (also when parity fails: the cache must not serve that engine).
+    """
+    opts = BuildOptions(model=model_path, out=engine_path, roi_align=request.roi_align, precision=request.precision,
+                        batch=request.batch, source_size=request.source_size, input_size=request.input_size,
+                        parity_frames=request.parity_frames)
+    result = build(opts, Progress(_stages(opts)))
+    if result.parity.passed is False:
+        raise BuildFailure(f"parity against PyTorch failed: {'; '.join(result.parity.failures)}")
+    assert result.engine_path is not None
+    return result.engine_path
+
+
+# --------------------------------------------------------------------------- command line
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Export a Mask R-CNN to ONNX, build a TensorRT engine, write a manifest "
+                "and check parity against PyTorch.")
+    p.add_argument("--model", type=Path, metavar="PATH", help="our .safetensors model file or a torchvision .pth checkpoint "
+                   "(default: the embedded demo model)")
+    p.add_argument("--out", type=Path, metavar="PATH", help="engine path (.plan), or the .onnx path with --onnx-only; the graph "
+                   "goes next to the engine as .onnx (default: <model>_<H>x<W>_<precision>.plan in this folder)")
+    p.add_argument("--onnx-only", action="store_true", help="export and check the ONNX graph, build no engine")
+    p.add_argument("--roi-align", choices=("plugin", "onnx"), help="fused TensorRT plugin (default for engines) "
+                   "or ONNX RoiAlign ops (default with --onnx-only; runs in ONNX Runtime)")
+    p.add_argument(PRECISION_FLAG, choices=("fp32", "fp16"), default="fp32", help="default fp32")
+    p.add_argument("--batch", default=DEFAULT_BATCH, metavar="MIN:OPT:MAX", help=f"batch profile (default {DEFAULT_BATCH})")
+    for flag, what in ((MIN_BATCH_FLAG, "MIN"), (OPT_BATCH_FLAG, "OPT"), (MAX_BATCH_FLAG, "MAX")):
+        p.add_argument(flag, type=int, metavar="N", help=f"override --batch's {what}")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--input", INPUT_SIZE_FLAG, dest="input", metavar="HxW",
+                      help="frames arrive already at this network input size")
+    size.add_argument(SOURCE_SIZE_FLAG, metavar="WxH", help="camera frame size; the network input is derived as "
+                      f"the model's preprocessing would (default {DEFAULT_SOURCE_SIZE})")
+    p.add_argument("--parity-frames", type=int, default=DEFAULT_PARITY_FRAMES, metavar="N",
+                   help=f"frames for the parity check, 0 = skip (default {DEFAULT_PARITY_FRAMES})")
+    p.add_argument("--workspace-mib", type=int, metavar="MIB", help="TensorRT builder workspace limit")
+    p.add_argument("--timing-cache", type=Path, metavar="PATH", help="TensorRT timing cache file (read and updated)")
+    p.add_argument("--hardware-compatibility", choices=("none", "same_compute_capability", "ampere_plus"),
+                   default="none", metavar="LEVEL",
+                   help="none, same_compute_capability or ampere_plus: the engine also runs on other GPUs of "
+                   "that class (slower)")
+    p.add_argument("--version-compatible", action="store_true", help="engine loads under later TensorRT 10/11.x")
+    return p
+
+
+def options_from_args(ns: argparse.Namespace) -> BuildOptions:
+    """Validated :class:`BuildOptions`; :class:`UsageError` names the option and the value received."""
+    batch = parse_batch(ns.batch)
+    lo, opt, hi = (v if v is not None else d for v, d in
+                   ((ns.min_batch, batch.min), (ns.opt_batch, batch.opt), (ns.max_batch, batch.max)))
+    if ns.max_batch is not None and ns.opt_batch is None:
+        opt = min(opt, hi)
+    if ns.min_batch is not None and ns.opt_batch is None:
+        opt = max(opt, lo)
+    if not 1 <= lo <= opt <= hi:
+        raise UsageError(f"MIN <= OPT <= MAX required, got {lo}:{opt}:{hi}")
+    source = input_size = None
+    if ns.input is not None:
+        input_size = parse_size(ns.input, "--input", "HxW")
+    else:
+        source = parse_size(ns.source_size or DEFAULT_SOURCE_SIZE, SOURCE_SIZE_FLAG, "WxH")
+    if ns.parity_frames < 0:
+        raise UsageError(f"--parity-frames must be >= 0, got {ns.parity_frames}")
+    if ns.workspace_mib is not None and ns.workspace_mib < 1:
+        raise UsageError(f"--workspace-mib must be >= 1, got {ns.workspace_mib}")
+    if ns.model is not None and ns.model.is_dir():
+        raise UsageError(f"--model takes a model file, got the folder {ns.model}")
+    return BuildOptions(
+        model=ns.model, out=ns.out, onnx_only=ns.onnx_only,
+        roi_align=ns.roi_align or ("onnx" if ns.onnx_only else "plugin"), precision=ns.precision,
+        batch=BatchProfile(lo, opt, hi), source_size=source, input_size=input_size, parity_frames=ns.parity_frames,
+        workspace_mib=ns.workspace_mib, timing_cache=ns.timing_cache,
+        hardware_compatibility=ns.hardware_compatibility, version_compatible=ns.version_compatible)
+
+
+def _stages(opts: BuildOptions) -> list[str]:
+    return ["export", "ONNX check", *([] if opts.onnx_only else ["engine build"]), "parity"]
+
+
+def _fail(message: object) -> None:
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status (0 ok, 1 failure, 2 usage)."""
+    try:
+        ns = make_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        opts = options_from_args(ns)
+        result = build(opts, Progress(_stages(opts)))
+    except UsageError as exc:
+        _fail(exc)
+        return 2
+    except BuildFailure as exc:
+        _fail(exc)
+        return 1
+    print(result.parity.table())
+    for label, path in (("onnx", result.onnx_path), ("engine", result.engine_path),
+                        ("manifest", result.manifest_path)):
+        if path is not None:
+            print(f"{label}: {path}")
+    if result.parity.passed is False:
+        _fail(f"parity against PyTorch failed ({'; '.join(result.parity.failures)}); the files are kept and the "
+              f"manifest {result.manifest_path} records the failure")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
