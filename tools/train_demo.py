@@ -338,6 +338,7 @@ def main() -> None:
 
 def export(model: MaskRCNN, args: argparse.Namespace, wall_s: float, say: Any) -> None:
     """Fold BN into the FrozenBatchNorm2d construction, check it, write ``demo_tv.pth`` and the config."""
+    model = model.cpu()
     state = frozen_state_dict(model)
     frozen = build_model(frozen_bn=True).eval()
     frozen.load_state_dict(state, strict=True)
