@@ -24,11 +24,11 @@ RoIAlign (``rois [R, 5]`` float32 ``(batch_index, x1, y1, x2, y2)``, four featur
 
 * ``"plugin"``: one ``maskrcnn_streamer::MultilevelRoIAlign`` node (the TensorRT plugin,
   attributes from :func:`build_engine.plugin_spec.onnx_attributes`).
-* ``"onnx"``: standard operators only. The FPN level of each RoI is computed in the graph
-  (:func:`engines.roi_align.map_levels`), every level is pooled for all RoIs with the
-  standard ``RoiAlign`` (``output_half_pixel`` = legacy alignment, or ``half_pixel``), in
-  float32, and ``Where`` picks each RoI's level. Four times the pooling work of the plugin,
-  no data-dependent shapes.
+* ``"onnx"``: standard operators only, static shapes (:func:`portable_roi_align`): the level
+  of each RoI is computed in the graph, every bilinear tap is a ``Gather`` from one
+  channels-last float32 table of all levels. Per-level ``RoiAlign`` nodes would either pool
+  every RoI on every level (4× the work, then ``Where``) or need ``NonZero`` (data-dependent
+  shapes); see ``docs/onnx-export.md`` for timings.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ RoIAlignKind = Literal["plugin", "onnx"]
 NMS_SCORE_THRESHOLD = -0.5
 """Scores of invalid boxes are -1, valid ones are probabilities: any value in (-1, 0) separates them."""
 _INVALID_SCORE = -1.0
+_ONNX_INT64, _ONNX_BOOL = 7, 9
+"""``onnx.TensorProto`` element types for ``Cast`` (without importing onnx here)."""
 
 
 def _const(g: Any, value: torch.Tensor) -> Any:
@@ -94,11 +96,11 @@ class _StaticNMS(torch.autograd.Function):
         ones = g.op("ConstantOfShape", num_selected, value_t=torch.tensor([1.0], dtype=torch.float32))
         zeros = g.op("ConstantOfShape", g.op("Shape", scores), value_t=torch.tensor([0.0], dtype=torch.float32))
         kept = g.op("ScatterND", zeros, where, ones)  # [N, M] 1.0 where kept
-        ranked = g.op("Where", g.op("Cast", kept, to_i=9), scores, invalid)  # 9 = BOOL
+        ranked = g.op("Where", g.op("Cast", kept, to_i=_ONNX_BOOL), scores, invalid)
         _, keep = g.op("TopK", ranked, _const(g, torch.tensor([k], dtype=torch.int64)), axis_i=1, largest_i=1,
                        sorted_i=1, outputs=2)
         total = g.op("ReduceSum", kept, axis1, keepdims_i=0)
-        counts = g.op("Min", g.op("Cast", total, to_i=7), _const(g, torch.tensor(k, dtype=torch.int64)))  # 7 = INT64
+        counts = g.op("Min", g.op("Cast", total, to_i=_ONNX_INT64), _const(g, torch.tensor(k, dtype=torch.int64)))
         return keep, counts
 
 

@@ -196,6 +196,14 @@ def lr_at(it: int, iters: int, base_lr: float, warmup: int) -> float:
     return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def _extension(text: str) -> tuple[int, int]:
+    """Parse ``--extend AT:ITERS``."""
+    at, _, iters = text.partition(":")
+    if not (at.isdigit() and iters.isdigit() and int(at) < int(iters)):
+        raise argparse.ArgumentTypeError(f"--extend wants AT:ITERS with AT < ITERS, got {text!r}")
+    return int(at), int(iters)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -231,7 +239,11 @@ def main() -> None:
         "--bn-calibration", type=int, default=100, help="frames to re-estimate BN statistics on"
     )
     parser.add_argument(
-        "--resume-iters", type=int, default=0, help="on resume, change the schedule length to this"
+        "--extend",
+        type=_extension,
+        default=None,
+        metavar="AT:ITERS",
+        help="from iteration AT on, the schedule is ITERS long (a run lengthened while it ran)",
     )
     parser.add_argument("--bench", type=int, default=0, help="only time this many iterations")
     args = parser.parse_args()
@@ -255,15 +267,15 @@ def main() -> None:
     optim = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     ckpt_path = args.out / "ckpt.pth"
     start, elapsed_before, iters = 0, 0.0, args.bench or args.iters
+    base_iters = iters  # the schedule length before any --extend
     if ckpt_path.exists() and not args.bench:
         ckpt = torch.load(ckpt_path, map_location=device)
         model.load_state_dict(ckpt["model"])
         optim.load_state_dict(ckpt["optim"])
         start, elapsed_before, iters = ckpt["iteration"], ckpt["elapsed_s"], ckpt["iters"]
-        if args.resume_iters:
-            # Changes the schedule mid-run: the log and config record it for reproduction.
-            say(f"schedule length changed on resume: {iters} -> {args.resume_iters}")
-            iters = args.resume_iters
+        base_iters = ckpt.get("base_iters", iters)
+        if args.extend and start >= args.extend[0]:
+            iters = args.extend[1]
         torch.set_rng_state(ckpt["torch_rng"])
         say(f"resumed from {ckpt_path} at iteration {start} of {iters}")
     say(f"args {vars(args)}")
@@ -282,7 +294,11 @@ def main() -> None:
             iters = max(
                 args.warmup + 1, int(args.warmup + left_s * (it - start) / (time.time() - t0))
             )
+            base_iters = iters
             say(f"budget {args.budget_min} min: schedule fixed at --iters {iters}")
+        if args.extend and it == args.extend[0]:
+            iters = args.extend[1]
+            say(f"schedule length changed at iteration {it}: now --iters {iters}")
         if it == args.freeze_bn_at:
             recalibrate_bn(model, (args.height, args.width), args.bn_calibration, say)
             model.train()
@@ -318,6 +334,7 @@ def main() -> None:
                     "optim": optim.state_dict(),
                     "iteration": it,
                     "iters": iters,
+                    "base_iters": base_iters,
                     "elapsed_s": elapsed_before + now - t0,
                     "torch_rng": torch.get_rng_state(),
                 },
@@ -328,7 +345,7 @@ def main() -> None:
     if args.bench:
         return
     wall = elapsed_before + time.time() - t0
-    args.iters = iters
+    args.iters = base_iters
     model = model.cpu()
     # Back to the inference transform (training fed its crops unscaled).
     model.transform.min_size = (INFERENCE_KWARGS["min_size"],)
@@ -392,6 +409,8 @@ def export(model: MaskRCNN, args: argparse.Namespace, wall_s: float, say: Any) -
                 "max_size": max(args.height, args.width),
             },
             "iterations": args.iters,
+            "extend": list(args.extend) if args.extend else None,
+            "iterations_run": args.extend[1] if args.extend else args.iters,
             "batch": args.batch,
             "optimizer": "AdamW",
             "lr": args.lr,

@@ -1,7 +1,7 @@
 """Synthetic shape videos: objects move, rotate, enter and leave; H.264 MP4 plus per-frame COCO GT.
 
-    gt = generate_video("demo.mp4", seed=7, seconds=4)   # also writes nothing else
-    gt = generate_video("demo.mp4", seed=7, gt_path="demo.json")
+    gt = generate_video("demo.mp4", seed=7, seconds=4)              # returns the COCO GT
+    gt = generate_video("demo.mp4", seed=7, gt_path="demo.json")    # and writes it as JSON
 
 Frame ``i`` of the file is COCO image id ``i`` (``frame_index`` i, ``pts`` i / fps seconds). The
 ground truth describes the rendered RGB frames; the encoded file is lossy (yuv420p, ``crf``), so

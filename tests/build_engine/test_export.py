@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -233,7 +234,7 @@ def test_checks_report_nms_over_box_limit_and_computed_threshold() -> None:
 def test_checks_report_incomplete_plugin_attributes() -> None:
     from engines.roi_align import RoIAlignParams
 
-    attrs = onnx_attributes(RoIAlignParams())
+    attrs: dict[str, Any] = dict(onnx_attributes(RoIAlignParams()))
     del attrs["sampling_ratio"]
     feats = [_value(f"f{i}", TensorProto.FLOAT, [1, 8, 32 >> i, 32 >> i]) for i in range(4)]
     node = helper.make_node(PLUGIN_NAME, ["f0", "f1", "f2", "f3", "rois"], ["out"], name="pool",

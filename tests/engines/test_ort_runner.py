@@ -7,6 +7,7 @@ box IoU >= 0.99), |Δbox| <= 0.5 px, |Δscore| <= 1e-3, mask IoU >= 0.97.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -118,7 +119,7 @@ def test_wrong_frame_size_says_what_the_graph_takes(runner: OrtRunner) -> None:
     assert "frame 1 is 640x480 (WxH)" in msg and "built for 128x96 frames" in msg
     assert "build-engine --source-size 128x96" in msg and "rebuild with build-engine --source-size 640x480" in msg
     with pytest.raises(ValueError, match=r"frame 0 must be uint8\[H, W, 3\] RGB, got float32"):
-        runner.infer([good.astype(np.float32)])  # type: ignore[list-item]
+        runner.infer([good.astype(np.float32)])
 
 
 def test_load_runner_opens_onnx_files(source_graph: Path, loaded: LoadedModel) -> None:
@@ -150,7 +151,7 @@ def _meta(**changes: str) -> dict[str, str]:
 
 
 def test_plugin_graph_is_refused_with_advice(tmp_path: Path) -> None:
-    attrs = onnx_attributes(RoIAlignParams())
+    attrs: dict[str, Any] = dict(onnx_attributes(RoIAlignParams()))
     node = helper.make_node(PLUGIN_NAME, ["frames"] * 5, ["counts"], domain=PLUGIN_NAMESPACE,
                             plugin_namespace=PLUGIN_NAMESPACE, plugin_version="1", **attrs)
     path = _save(tmp_path / "plugin.onnx", [node], _meta(roi_align="plugin"), custom=True)
