@@ -112,10 +112,13 @@ def load_runner(path: str | Path | None, device: str = "cpu", backend: str | Non
             return TorchRunner(lm.model, lm.class_names, lm.name, device=device)
         except ValueError as e:
             raise ModelLoadError(str(e)) from e
+    if path is None:
+        raise ModelLoadError(f"the {backend} backend needs a model file (.onnx or .engine from build-engine); "
+                             "the embedded demo model is a PyTorch model file")
     if backend == "onnxruntime":
-        from engines.ort_runner import OrtRunner  # type: ignore[import-not-found]
+        from engines.ort_runner import OrtRunner
 
-        return OrtRunner(path, device=device)  # type: ignore[no-any-return]
-    from engines.trt_runner import TrtRunner  # type: ignore[import-not-found]
+        return OrtRunner(path, device=device)
+    from engines.trt_runner import TrtRunner
 
-    return TrtRunner(path, device=device)  # type: ignore[no-any-return]
+    return TrtRunner(path, device=device)

@@ -22,7 +22,11 @@ def torchvision_model(cfg: MaskRCNNConfig, state_dict: Mapping[str, torch.Tensor
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
-    from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.faster_rcnn import (
+        FastRCNNConvFCHead,
+        FastRCNNPredictor,
+        TwoMLPHead,
+    )
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
     from torchvision.models.detection.rpn import RPNHead
     from torchvision.ops.misc import FrozenBatchNorm2d

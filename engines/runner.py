@@ -81,5 +81,5 @@ class Runner(ABC):
     def infer(self, frames: Sequence[npt.NDArray[np.uint8]]) -> list[Detections]:
         """Run the model on ``frames`` (each ``uint8[H, W, 3]`` RGB); one ``Detections`` per frame."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op for runners holding nothing
         """Release device resources. Idempotent."""

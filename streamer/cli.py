@@ -15,7 +15,10 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-_COMMANDS: tuple[str, ...] = ("streamer.process_cli", "streamer.run_cli", "streamer.config_cli")
+_COMMANDS: tuple[str, ...] = (
+    "streamer.process_cli", "streamer.run_cli", "streamer.config_cli", "streamer.convert_cli", "streamer.bench_cli",
+    "streamer.demo_cli",
+)
 """Modules that each register one subcommand, in ``--help`` order."""
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -193,7 +193,10 @@ def _equal_size_batches(frames: Iterable[Frame], size: int) -> Iterator[list[Fra
 
 def _infer_batch(source: str, batch: Sequence[Frame], runner: Runner, out: TextIO,
                  options: ProcessOptions, writer: FrameWriter | None) -> None:
-    dets = runner.infer([f.image for f in batch])
+    try:
+        dets = runner.infer([f.image for f in batch])
+    except ValueError as err:  # e.g. engines.static_io.FrameSizeError: a size the engine was not built for
+        raise MediaError(source, f"frame {batch[0].index}: {err}") from err
     if len(dets) != len(batch):
         raise RuntimeError(f"runner {runner.info.name!r} returned {len(dets)} detections for "
                            f"{len(batch)} frames; a Runner must return one per frame")

@@ -17,9 +17,10 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Random weights calibrated on real photos: fast on CPU (~0.1 s for a 128×96 frame), with
     non-trivial boxes, scores and masks. Not a trained model: use the demo model for accuracy.
     """
+    from tv_models import SHAPE_CLASSES, build
+
     from engines.model.state_dict import detect_config, migrate_keys
     from engines.modelfile import save_model_file
-    from tv_models import SHAPE_CLASSES, build
 
     tv = build("tiny", min_size=128, max_size=224)
     sd = migrate_keys(tv.state_dict())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from calibrate import calibrate, real_images
 from torch import nn
 from torchvision.models import resnet18
 from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
@@ -10,8 +11,6 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.misc import FrozenBatchNorm2d
-
-from calibrate import calibrate, real_images
 
 SHAPE_CLASSES = ("__background__", "circle", "square", "triangle", "star")
 

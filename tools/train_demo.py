@@ -232,8 +232,9 @@ def main() -> None:
     parser.add_argument(
         "--freeze-bn-at",
         type=int,
-        default=0,
-        help="from this iteration on, train with BN statistics re-estimated then frozen (0: never)",
+        default=-1,
+        help="from this iteration on, train with BN statistics re-estimated then frozen "
+        "(0: from the start, -1: never)",
     )
     parser.add_argument(
         "--bn-calibration", type=int, default=100, help="frames to re-estimate BN statistics on"
@@ -280,7 +281,7 @@ def main() -> None:
         say(f"resumed from {ckpt_path} at iteration {start} of {iters}")
     say(f"args {vars(args)}")
     model.train()
-    if 0 < args.freeze_bn_at <= start:
+    if 0 <= args.freeze_bn_at < start:
         freeze_bn(model)
         say(f"BatchNorm frozen since iteration {args.freeze_bn_at}")
     t0 = time.time()
@@ -299,7 +300,7 @@ def main() -> None:
         if args.extend and it == args.extend[0]:
             iters = args.extend[1]
             say(f"schedule length changed at iteration {it}: now --iters {iters}")
-        if it == args.freeze_bn_at:
+        if args.freeze_bn_at >= 0 and it == args.freeze_bn_at:
             recalibrate_bn(model, (args.height, args.width), args.bn_calibration, say)
             model.train()
             freeze_bn(model)
@@ -420,7 +421,7 @@ def export(model: MaskRCNN, args: argparse.Namespace, wall_s: float, say: Any) -
             "grad_clip_norm": 10.0,
             "norm": "BatchNorm2d (batch statistics) during training, folded to FrozenBatchNorm2d",
             "bn_freeze": {
-                "from_iteration": args.freeze_bn_at,
+                "from_iteration": args.freeze_bn_at if args.freeze_bn_at >= 0 else None,
                 "calibration_frames": args.bn_calibration,
                 "calibration_seed_base": CALIBRATION_SEED_BASE,
                 "how": "running mean/var reset and averaged exactly over frames fed one at a "

@@ -12,6 +12,7 @@ Module and parameter names equal torchvision's (``body.layer1.0.conv1.weight``,
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import torch
@@ -28,6 +29,11 @@ class Norm2d(nn.Module):
     ``frozen=False`` is ``nn.BatchNorm2d`` in eval mode (its buffers, incl.
     ``num_batches_tracked``, and ``F.batch_norm`` numerics).
     """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
 
     def __init__(self, channels: int, frozen: bool = True, eps: float = 1e-5) -> None:
         super().__init__()
@@ -52,15 +58,16 @@ class Norm2d(nn.Module):
         return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
 
 
-def fold_norm(conv: nn.Conv2d, norm: Norm2d) -> nn.Conv2d:
+def fold_norm(conv: nn.Module, norm: nn.Module) -> nn.Conv2d:
     """A new conv equal to ``norm(conv(x))`` (weights scaled per output channel)."""
+    if not isinstance(conv, nn.Conv2d) or not isinstance(norm, Norm2d):
+        raise TypeError(f"fold_norm needs (Conv2d, Norm2d), got ({type(conv).__name__}, {type(norm).__name__})")
     scale, shift = norm.scale_shift()
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True)
+    fused = copy.deepcopy(conv)
     with torch.no_grad():
-        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+        fused.weight.mul_(scale.reshape(-1, 1, 1, 1))
         b = conv.bias if conv.bias is not None else torch.zeros_like(shift)
-        fused.bias.copy_(b * scale + shift)
+        fused.bias = nn.Parameter(b * scale + shift)
     return fused
 
 
@@ -88,8 +95,8 @@ class BasicBlock(nn.Module):
         return F.relu(out + identity)
 
     def fuse(self) -> None:
-        self.conv1, self.bn1 = fold_norm(self.conv1, self.bn1), nn.Identity()  # type: ignore[arg-type]
-        self.conv2, self.bn2 = fold_norm(self.conv2, self.bn2), nn.Identity()  # type: ignore[arg-type]
+        self.conv1, self.bn1 = fold_norm(self.conv1, self.bn1), nn.Identity()
+        self.conv2, self.bn2 = fold_norm(self.conv2, self.bn2), nn.Identity()
         if self.downsample is not None:
             self.downsample = nn.Sequential(fold_norm(self.downsample[0], self.downsample[1]))
 
@@ -120,9 +127,9 @@ class Bottleneck(nn.Module):
         return F.relu(out + identity)
 
     def fuse(self) -> None:
-        self.conv1, self.bn1 = fold_norm(self.conv1, self.bn1), nn.Identity()  # type: ignore[arg-type]
-        self.conv2, self.bn2 = fold_norm(self.conv2, self.bn2), nn.Identity()  # type: ignore[arg-type]
-        self.conv3, self.bn3 = fold_norm(self.conv3, self.bn3), nn.Identity()  # type: ignore[arg-type]
+        self.conv1, self.bn1 = fold_norm(self.conv1, self.bn1), nn.Identity()
+        self.conv2, self.bn2 = fold_norm(self.conv2, self.bn2), nn.Identity()
+        self.conv3, self.bn3 = fold_norm(self.conv3, self.bn3), nn.Identity()
         if self.downsample is not None:
             self.downsample = nn.Sequential(fold_norm(self.downsample[0], self.downsample[1]))
 
@@ -159,10 +166,11 @@ class ResNetBody(nn.Module):
         return outs
 
     def fuse(self) -> None:
-        self.conv1, self.bn1 = fold_norm(self.conv1, self.bn1), nn.Identity()  # type: ignore[arg-type]
+        self.conv1, self.bn1 = fold_norm(self.conv1, self.bn1), nn.Identity()
         for stage in self.stages():
             for blk in stage:
-                blk.fuse()
+                if isinstance(blk, BasicBlock | Bottleneck):
+                    blk.fuse()
 
 
 def _conv_block(cin: int, cout: int, k: int, norm: bool, frozen: bool = False) -> nn.Sequential:
@@ -172,8 +180,8 @@ def _conv_block(cin: int, cout: int, k: int, norm: bool, frozen: bool = False) -
     return nn.Sequential(_conv(cin, cout, k, bias=True))
 
 
-def _fuse_block(seq: nn.Sequential) -> nn.Sequential:
-    if len(seq) == 2 and isinstance(seq[1], Norm2d):
+def _fuse_block(seq: nn.Module) -> nn.Module:
+    if isinstance(seq, nn.Sequential) and len(seq) == 2 and isinstance(seq[1], Norm2d):
         return nn.Sequential(fold_norm(seq[0], seq[1]))
     return seq
 

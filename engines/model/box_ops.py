@@ -43,16 +43,10 @@ def decode_boxes(
     return torch.stack((pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h), dim=2)
 
 
-def clip_boxes(boxes: torch.Tensor, height: int | torch.Tensor, width: int | torch.Tensor) -> torch.Tensor:
+def clip_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Clamp ``Tensor[..., 4]`` boxes to ``[0, width] × [0, height]``."""
-    x = boxes[..., 0::2]
-    y = boxes[..., 1::2]
-    if isinstance(width, torch.Tensor):
-        x = torch.minimum(x.clamp(min=0), width.to(x.dtype))
-        y = torch.minimum(y.clamp(min=0), height.to(y.dtype))  # type: ignore[union-attr]
-    else:
-        x = x.clamp(min=0, max=width)
-        y = y.clamp(min=0, max=height)
+    x = boxes[..., 0::2].clamp(min=0, max=width)
+    y = boxes[..., 1::2].clamp(min=0, max=height)
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 

@@ -33,7 +33,7 @@ class MaskHead(nn.Sequential):
 
     def fuse(self) -> None:
         for i, blk in enumerate(self):
-            if len(blk) == 3 and isinstance(blk[1], Norm2d):
+            if isinstance(blk, nn.Sequential) and len(blk) == 3 and isinstance(blk[1], Norm2d):
                 self[i] = nn.Sequential(fold_norm(blk[0], blk[1]), nn.ReLU())
 
 

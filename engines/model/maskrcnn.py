@@ -119,8 +119,9 @@ class MaskRCNN(nn.Module):
         """Fold all batch norms into convolutions (inference only; irreversible)."""
         self.backbone.fuse_norms()
         for m in (self.roi_heads.box_head, self.roi_heads.mask_head):
-            if hasattr(m, "fuse"):
-                m.fuse()
+            fuse = getattr(m, "fuse", None)
+            if callable(fuse):
+                fuse()
         return self
 
     def preprocess(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:

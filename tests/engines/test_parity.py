@@ -67,7 +67,7 @@ def test_equals_torchvision(pair: tuple[str, torch.nn.Module, TorchRunner], fram
     assert stats.reference >= 30, "calibration should give torchvision real detections to compare"
     assert min(len(d) for d in ours) > 0
     scores = np.concatenate([d.scores for d in ours])
-    assert 0.05 < scores.min() and scores.max() < 1.0 and np.ptp(scores) > 0.3, "scores spread over (0, 1)"
+    assert scores.min() > 0.05 and scores.max() < 1.0 and np.ptp(scores) > 0.3, "scores spread over (0, 1)"
     cover = np.concatenate([d.paste().mean((1, 2)) for d in ours])
     assert (cover > 0).mean() > 0.9 and (cover < 0.9).all(), "masks neither empty nor full"
     assert not stats.failures(Tolerances()), stats.failures(Tolerances())
@@ -94,12 +94,21 @@ def test_static_mode_equals_dynamic(pair: tuple[str, torch.nn.Module, TorchRunne
     st = model.forward_static(batch)
     d = model.cfg.detections_per_img
     assert st.boxes.shape == (2, d, 4) and st.mask_probs.shape == (2, d, 28, 28) and st.counts.shape == (2,)
+    cap = model.cfg.static_box_candidates
+    if int(st.candidates.max()) > cap:
+        # Exactness holds while the class-boxes above the score threshold fit the candidate cap
+        # (TensorRT's TopK limit); random weights can exceed it: check with a larger cap.
+        assert int(st.counts.max()) <= d
+        model.cfg.static_box_candidates = int(st.candidates.max())
+        try:
+            st = model.forward_static(batch)
+        finally:
+            model.cfg.static_box_candidates = cap
     for i in range(2):
         n = int(st.counts[i])
         assert n == len(dyn[i].boxes)
-        assert int(st.candidates[i]) <= model.cfg.static_box_candidates
         torch.testing.assert_close(st.boxes[i, :n], dyn[i].boxes, rtol=0, atol=1e-4)
         torch.testing.assert_close(st.scores[i, :n], dyn[i].scores, rtol=0, atol=1e-6)
-        assert torch.equal(st.labels[i, :n], dyn[i].labels)
+        assert torch.equal(st.labels[i, :n].long(), dyn[i].labels)
         torch.testing.assert_close(st.mask_probs[i, :n], dyn[i].mask_probs, rtol=0, atol=1e-5)
         assert torch.all(st.scores[i, n:] == 0)
