@@ -46,7 +46,13 @@ from build_engine.plugin_spec import (
     onnx_attributes,
 )
 from engines.model.maskrcnn import StaticOps
-from engines.roi_align import RoIAlignParams, map_levels, multilevel_roi_align
+from engines.roi_align import (
+    RoIAlignParams,
+    axis_samples,
+    bilinear_axis,
+    map_levels,
+    multilevel_roi_align,
+)
 
 RoIAlignKind = Literal["plugin", "onnx"]
 NMS_SCORE_THRESHOLD = -0.5
@@ -131,20 +137,11 @@ def _axis_taps(start: torch.Tensor, length: torch.Tensor, pooled: int, grid: int
     Returns the low and high pixel indices (int64, clamped into the map) and their weights,
     zero for samples outside ``[-1, size]`` (torchvision's rule, as :mod:`engines.roi_align`).
     """
-    bin_size = (length / pooled)[:, None, None]
-    p = torch.arange(pooled, dtype=start.dtype, device=start.device)[None, :, None]
-    i = torch.arange(grid, dtype=start.dtype, device=start.device)[None, None, :]
-    coord = start[:, None, None] + p * bin_size + (i + 0.5) * bin_size / float(grid)
-    size_i = size[:, None, None]
-    inside = ((coord >= -1.0) & (coord <= size_i.to(coord.dtype))).to(coord.dtype)
-    c = coord.clamp(min=0)
-    low = c.to(torch.int64)
-    at_edge = low >= size_i - 1
-    low = torch.where(at_edge, size_i - 1, low)
-    high = torch.where(at_edge, low, low + 1)
-    c = torch.where(at_edge, low.to(c.dtype), c)
-    w_high = c - low.to(c.dtype)
-    return low, high, (1.0 - w_high) * inside, w_high * inside
+    grids = torch.full_like(size, grid)
+    coord, _ = axis_samples(start, length, pooled, grids, grid)
+    low, high, w_low, w_high, inside = bilinear_axis(coord, size[:, None, None])
+    keep = inside.to(coord.dtype)
+    return low, high, w_low * keep, w_high * keep
 
 
 def portable_roi_align(features: Sequence[torch.Tensor], rois: torch.Tensor, params: RoIAlignParams) -> torch.Tensor:

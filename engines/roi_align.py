@@ -98,7 +98,7 @@ def boxes_to_rois(boxes: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([idx, torch.cat(list(boxes))], dim=1)
 
 
-def _axis_samples(
+def axis_samples(
     start: torch.Tensor, length: torch.Tensor, pooled: int, grid: torch.Tensor, gmax: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample coordinates ``[R, pooled, gmax]`` along one axis, and which samples exist (adaptive grids)."""
@@ -112,7 +112,7 @@ def _axis_samples(
     return coord, valid.expand_as(coord)
 
 
-def _bilinear_axis(
+def bilinear_axis(
     coord: torch.Tensor, size: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """torchvision's per-axis bilinear setup: (low index, high index, low weight, high weight, in range)."""
@@ -219,10 +219,10 @@ def _pool_chunk(
     gh_max = max(int(gh.max()), 1)
     gw_max = max(int(gw.max()), 1)
 
-    ys, yvalid = _axis_samples(y1, rh, s, gh, gh_max)  # [R, S, Gh]
-    xs, xvalid = _axis_samples(x1, rw, s, gw, gw_max)  # [R, S, Gw]
-    yl, yh, wyl, wyh, yin = _bilinear_axis(ys, height[:, None, None])
-    xl, xh, wxl, wxh, xin = _bilinear_axis(xs, width[:, None, None])
+    ys, yvalid = axis_samples(y1, rh, s, gh, gh_max)  # [R, S, Gh]
+    xs, xvalid = axis_samples(x1, rw, s, gw, gw_max)  # [R, S, Gw]
+    yl, yh, wyl, wyh, yin = bilinear_axis(ys, height[:, None, None])
+    xl, xh, wxl, wxh, xin = bilinear_axis(xs, width[:, None, None])
 
     # Broadcast to [R, S(y), Gh, S(x), Gw].
     def yb(t: torch.Tensor) -> torch.Tensor:

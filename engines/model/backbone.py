@@ -71,6 +71,13 @@ def fold_norm(conv: nn.Module, norm: nn.Module) -> nn.Conv2d:
     return fused
 
 
+def fuse_conv_blocks(seq: nn.Sequential) -> None:
+    """Fold the norm of every ``(conv, Norm2d, ReLU)`` block of ``seq`` into its conv, in place."""
+    for i, blk in enumerate(seq):
+        if isinstance(blk, nn.Sequential) and len(blk) == 3 and isinstance(blk[1], Norm2d):
+            seq[i] = nn.Sequential(fold_norm(blk[0], blk[1]), nn.ReLU())
+
+
 def _conv(cin: int, cout: int, k: int, stride: int = 1, bias: bool = False, dilation: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, stride=stride, padding=dilation * (k // 2), dilation=dilation, bias=bias)
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engines.model import box_ops
-from engines.model.backbone import Norm2d, fold_norm
+from engines.model.backbone import Norm2d, fuse_conv_blocks
 from engines.model.config import MaskRCNNConfig
 
 BOX_MIN_SIZE = 1e-2
@@ -56,9 +56,7 @@ class ConvFCHead(nn.Sequential):
         super().__init__(*blocks)
 
     def fuse(self) -> None:
-        for i, blk in enumerate(self):
-            if isinstance(blk, nn.Sequential) and len(blk) == 3 and isinstance(blk[1], Norm2d):
-                self[i] = nn.Sequential(fold_norm(blk[0], blk[1]), nn.ReLU())
+        fuse_conv_blocks(self)
 
 
 class Predictor(nn.Module):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.model.backbone import Norm2d, fold_norm
+from engines.model.backbone import Norm2d, fuse_conv_blocks
 from engines.model.config import MaskRCNNConfig
 
 
@@ -32,9 +32,7 @@ class MaskHead(nn.Sequential):
         super().__init__(*blocks)
 
     def fuse(self) -> None:
-        for i, blk in enumerate(self):
-            if isinstance(blk, nn.Sequential) and len(blk) == 3 and isinstance(blk[1], Norm2d):
-                self[i] = nn.Sequential(fold_norm(blk[0], blk[1]), nn.ReLU())
+        fuse_conv_blocks(self)
 
 
 class MaskPredictor(nn.Module):

@@ -59,7 +59,7 @@ def test_strict_torchvision_load_and_equal_outputs() -> None:
     lm = load_model(None)
     tv = torchvision_demo_construction()
     tv.load_state_dict(lm.model.state_dict(), strict=True)
-    frame = next(iter(open_media(_sample())))[2]
+    frame = next(iter(open_media(_sample()))).image
     with torch.no_grad():
         ref = tv([torch.from_numpy(frame).permute(2, 0, 1).float() / 255])[0]
     ours = lm.model(torch.from_numpy(frame)[None])[0]
@@ -82,7 +82,8 @@ def unseen_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return path, gt
 
 
-def test_end_to_end_accuracy_on_unseen_video(unseen_video: tuple[Path, dict]) -> None:
+def test_end_to_end_accuracy_on_unseen_video(unseen_video: tuple[Path, dict],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     """>= 95% of GT instances (area >= 400 px) found, mean mask IoU >= 0.85, class right >= 95%."""
     path, gt = unseen_video
     out = io.StringIO()
@@ -110,7 +111,8 @@ def test_end_to_end_accuracy_on_unseen_video(unseen_video: tuple[Path, dict]) ->
                 found += 1
                 ious.append(best)
                 correct += preds[best_j][0] == ann["category_id"]
-    print(f"\ndemo e2e: found {found}/{total}, mean mask IoU {np.mean(ious):.3f}, class correct {correct}/{found}")
+    with capsys.disabled():
+        print(f"\ndemo e2e: found {found}/{total}, mean mask IoU {np.mean(ious):.3f}, class correct {correct}/{found}")
     assert total >= 50
     assert found / total >= 0.95
     assert float(np.mean(ious)) >= 0.85
