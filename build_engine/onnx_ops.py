@@ -52,6 +52,7 @@ from engines.roi_align import (
     bilinear_axis,
     map_levels,
     multilevel_roi_align,
+    roi_geometry,
 )
 
 RoIAlignKind = Literal["plugin", "onnx"]
@@ -171,13 +172,7 @@ def portable_roi_align(features: Sequence[torch.Tensor], rois: torch.Tensor, par
     width = torch.tensor([w for _, w in sizes], device=dev)[levels]
     offset = torch.tensor([sum(pixels[:i]) for i in range(len(pixels))], device=dev)[levels]
     scale = torch.tensor([1.0 / st for st in params.strides], device=dev)[levels]
-    shift = 0.5 if params.aligned else 0.0
-    x1 = rois[:, 1] * scale - shift
-    y1 = rois[:, 2] * scale - shift
-    rw = rois[:, 3] * scale - shift - x1
-    rh = rois[:, 4] * scale - shift - y1
-    if not params.aligned:
-        rw, rh = rw.clamp(min=1.0), rh.clamp(min=1.0)
+    x1, y1, rw, rh = roi_geometry(rois, scale, params.aligned)
     y_taps = _axis_taps(y1, rh, s, g, height)
     x_taps = _axis_taps(x1, rw, s, g, width)
     row0 = (rois[:, 0].to(torch.int64) * sum(pixels) + offset)[:, None, None]

@@ -98,6 +98,23 @@ def boxes_to_rois(boxes: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([idx, torch.cat(list(boxes))], dim=1)
 
 
+def roi_geometry(
+    rois: torch.Tensor, scale: torch.Tensor, aligned: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Feature-map corner and size ``(x1, y1, w, h)``, each ``Tensor[R]``, of ``rois[R, 5]`` at ``scale[R]``.
+
+    aligned: corners shifted by -0.5 px, sizes as they are; legacy: no shift, sizes at least 1 px.
+    """
+    shift = 0.5 if aligned else 0.0
+    x1 = rois[:, 1] * scale - shift
+    y1 = rois[:, 2] * scale - shift
+    rw = rois[:, 3] * scale - shift - x1
+    rh = rois[:, 4] * scale - shift - y1
+    if not aligned:
+        rw, rh = rw.clamp(min=1.0), rh.clamp(min=1.0)
+    return x1, y1, rw, rh
+
+
 def axis_samples(
     start: torch.Tensor, length: torch.Tensor, pooled: int, grid: torch.Tensor, gmax: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,14 +219,7 @@ def _pool_chunk(
     r = rois.shape[0]
     scale = lvl_scale[levels]
     height, width, off = lvl_h[levels], lvl_w[levels], lvl_off[levels]
-    shift = 0.5 if params.aligned else 0.0
-    x1 = rois[:, 1] * scale - shift
-    y1 = rois[:, 2] * scale - shift
-    rw = rois[:, 3] * scale - shift - x1
-    rh = rois[:, 4] * scale - shift - y1
-    if not params.aligned:
-        rw = rw.clamp(min=1.0)
-        rh = rh.clamp(min=1.0)
+    x1, y1, rw, rh = roi_geometry(rois, scale, params.aligned)
     if params.sampling_ratio > 0:
         gh = torch.full((r,), params.sampling_ratio, dtype=torch.int64, device=rois.device)
         gw = gh

@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from tv_models import build  # noqa: E402
+from tv_models import build
 
 
 def main() -> None:
