@@ -24,18 +24,17 @@ from streamer.demo.video import video_scenes
 
 FINETUNE_SEED_BASE = 5_000_000  # videos; disjoint from the sample video and the test videos
 MIN_VISIBLE_PX = 30
-EDGE_ANCHORED = 0.5
-"""Fraction of video crops placed against a frame border."""
 
 
-def video_crop(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def video_crop(rng: np.random.Generator, size: int,
+               edge_anchored: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A random ``size``-square crop of a random frame of a random video: image, masks, labels."""
     seed = FINETUNE_SEED_BASE + int(rng.integers(0, 1_000_000))
     steps = int(rng.integers(1, 80))
     *_, (scene, _) = video_scenes(seed, frames=steps)
     h, w = scene.image.shape[:2]
     y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-    if rng.random() < EDGE_ANCHORED:  # keep a frame border in the crop: shapes leaving the frame
+    if edge_anchored and rng.random() < edge_anchored:  # keep a frame border in the crop: shapes leaving the frame
         if rng.random() < 0.5:
             y = 0 if rng.random() < 0.5 else h - size
         else:
@@ -46,11 +45,11 @@ def video_crop(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndar
 
 
 def batch(rng: np.random.Generator, n: int, size: int, device: torch.device,
-          video_fraction: float = 0.5) -> tuple[list, list]:
+          video_fraction: float = 0.5, edge_anchored: float = 0.0) -> tuple[list, list]:
     images, targets = [], []
     while len(images) < n:
         if rng.random() < video_fraction:
-            img, masks, labels = video_crop(rng, size)
+            img, masks, labels = video_crop(rng, size, edge_anchored)
         else:
             sc = generate_image(int(rng.integers(30_000_000, 40_000_000)), height=size, width=size)
             img, masks, labels = sc.image, sc.masks, sc.labels
@@ -73,6 +72,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--video-fraction", type=float, default=0.5, help="share of video-frame crops per batch")
+    p.add_argument("--edge-anchored", type=float, default=0.0,
+                   help="share of video crops placed against a frame border (shipped model: 0)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
@@ -97,7 +98,7 @@ def main() -> None:
         frac = 0.0 if iters == 10**9 else it / iters
         for g in opt.param_groups:
             g["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        images, targets = batch(rng, args.batch, args.size, device, args.video_fraction)
+        images, targets = batch(rng, args.batch, args.size, device, args.video_fraction, args.edge_anchored)
         losses = model(images, targets)
         loss = sum(losses.values())
         opt.zero_grad()
