@@ -33,7 +33,6 @@ Max pooling (``mode="max"``) takes the maximum of the bilinear sample values in 
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -271,9 +270,3 @@ def _pool_chunk(
     mat = torch.sparse_csr_tensor(crow, cols, vals, (r * s * s, flat.shape[0]), check_invariants=False)
     pooled = (mat @ flat).reshape(r, s, s, c)
     return pooled.permute(0, 3, 1, 2)
-
-
-def infer_level_range(feature_sizes: Sequence[int], image_size: int) -> tuple[int, int]:
-    """torchvision's rule for the level range: ``stride = 2**round(log2(image / feature))``."""
-    lv = [round(math.log2(image_size / f)) for f in feature_sizes]
-    return lv[0], lv[-1]

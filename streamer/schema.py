@@ -21,6 +21,7 @@ import numpy.typing as npt
 from pycocotools import mask as mask_utils
 
 from engines.runner import Detections
+from streamer.polygons import mask_to_polygons
 
 SCHEMA_ID = "maskrcnn-streamer/frame/1"
 MaskEncoding = Literal["rle", "polygon", "none"]
@@ -43,9 +44,6 @@ def decode_rle(rle: dict[str, Any]) -> npt.NDArray[np.bool_]:
 
 def encode_polygons(mask: npt.NDArray[np.bool_]) -> list[list[float]]:
     """Outer contours of one ``bool[H, W]`` mask as flat ``[x0, y0, x1, y1, ...]`` pixel polygons."""
-    # Local import: polygon output is optional and only needs OpenCV-free marching squares.
-    from streamer.polygons import mask_to_polygons
-
     return mask_to_polygons(mask)
 
 

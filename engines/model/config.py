@@ -109,18 +109,3 @@ class MaskRCNNConfig:
                 v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
             kw[k] = v
         return cls(**kw)
-
-
-def torchvision_v1(num_classes: int = 91, backbone: str = "resnet50") -> MaskRCNNConfig:
-    """``maskrcnn_resnet50_fpn`` / ``MaskRCNN(resnet_fpn_backbone(backbone), num_classes)``."""
-    block, layers = RESNET_BLOCKS[backbone]
-    return MaskRCNNConfig(num_classes=num_classes, backbone=backbone, block=block, layers=layers)
-
-
-def torchvision_v2(num_classes: int = 91) -> MaskRCNNConfig:
-    """``maskrcnn_resnet50_fpn_v2``: BN backbone and FPN, 2-conv RPN head, conv+FC box head, BN mask head."""
-    return MaskRCNNConfig(
-        num_classes=num_classes, backbone_norm="bn", fpn_norm=True, rpn_conv_depth=2,
-        box_head="convfc", box_conv_layers=(256, 256, 256, 256), box_fc_layers=(1024,), box_head_norm=True,
-        box_representation=1024, mask_head_norm=True,
-    )
