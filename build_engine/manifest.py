@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from engines.machine import collect_runtime_environment
 from engines.manifest import (
     BatchProfile,
     BuildArgs,
@@ -31,7 +32,6 @@ from engines.manifest import (
     Precision,
     RuntimeEnvironment,
     TensorSpec,
-    collect_runtime_environment,
     manifest_path_for,
 )
 
@@ -110,7 +110,7 @@ def build_manifest(
     """The manifest of an engine built here from ``onnx_path`` (I/O, plugins and metadata read from it).
 
     Args:
-        env: the build machine; None = :func:`engines.manifest.collect_runtime_environment`.
+        env: the build machine; None = :func:`engines.machine.collect_runtime_environment`.
         argv: the build command line (default ``sys.argv``), recorded for rebuilds.
     """
     inputs, outputs, plugins = onnx_io_and_plugins(onnx_path)

@@ -117,7 +117,7 @@ def register_plugin(compute_capability: str | tuple[int, int] | None = None) -> 
 
 
 def _detect_compute_capability() -> tuple[int, int]:
-    from engines.manifest import collect_runtime_environment
+    from engines.machine import collect_runtime_environment
 
     found = collect_runtime_environment().compute_capability
     if found is None:

@@ -163,13 +163,13 @@ def resolve_engine(model_path: str | Path | None, cache_dir: str | Path, request
         weights_path: the file whose sha256 the manifest records (default ``model_path``;
             pass the demo model's file for None).
         build: the build step, required when ``rebuild`` is True.
-        env: this machine (default :func:`engines.manifest.collect_runtime_environment`).
+        env: this machine (default :func:`engines.machine.collect_runtime_environment`).
 
     Raises:
         EngineCacheMiss: nothing usable and ``rebuild`` is False (lists every rejected engine).
         RuntimeError: the build did not produce an engine with a readable manifest.
     """
-    from engines.manifest import collect_runtime_environment
+    from engines.machine import collect_runtime_environment
 
     model = Path(model_path) if model_path is not None else None
     weights = Path(weights_path) if weights_path is not None else model

@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from engines.machine import collect_runtime_environment
 from engines.manifest import (
     Manifest,
     Mismatch,
     Requirements,
-    collect_runtime_environment,
     ensure_compatible,
     manifest_path_for,
     read_manifest,

@@ -220,17 +220,44 @@ def render(
     )
 
 
+def at_border(rng: np.random.Generator, shape: Shape, height: int, width: int) -> Shape:
+    """``shape`` moved onto a random edge of the image so that the edge cuts it.
+
+    Its centre lies between ``0.8 * radius`` inside and ``0.7 * radius`` outside the edge, so
+    anything from a sliver to most of the shape stays visible, like a shape entering or leaving.
+    """
+    edge = int(rng.integers(4))
+    depth = float(rng.uniform(-0.8, 0.7)) * shape.radius  # > 0: centre outside the image
+    cx, cy = shape.center
+    if edge == 0:
+        cy = -depth
+    elif edge == 1:
+        cy = height + depth
+    elif edge == 2:
+        cx = -depth
+    else:
+        cx = width + depth
+    return replace(shape, center=(cx, cy))
+
+
 def random_shapes(
     rng: np.random.Generator,
     height: int,
     width: int,
     background: npt.NDArray[np.float32],
     count: int,
+    border_fraction: float = 0.0,
 ) -> list[Shape]:
-    """``count`` random shapes whose colours avoid each other and the background under them."""
+    """``count`` random shapes whose colours avoid each other and the background under them.
+
+    Each shape is moved onto an image edge (``at_border``) with probability ``border_fraction``;
+    at 0 no extra random numbers are drawn, so existing seeds give the same scenes.
+    """
     shapes: list[Shape] = []
     for _ in range(count):
         shape = random_shape(rng, height, width)
+        if border_fraction > 0 and rng.random() < border_fraction:
+            shape = at_border(rng, shape, height, width)
         cx = min(max(int(shape.center[0]), 0), width - 1)
         cy = min(max(int(shape.center[1]), 0), height - 1)
         r = max(int(shape.radius), 1)
@@ -242,18 +269,24 @@ def random_shapes(
 
 
 def generate_image(
-    seed: int, height: int = 360, width: int = 640, max_shapes: int | None = None
+    seed: int,
+    height: int = 360,
+    width: int = 640,
+    max_shapes: int | None = None,
+    border_fraction: float = 0.0,
 ) -> Scene:
-    """One random scene, fully determined by ``seed``.
+    """One random scene, fully determined by ``seed`` (and ``border_fraction``).
 
     The number of shapes is uniform in ``[2, max_shapes]``; by default ``max_shapes`` scales with
-    the image area (10 for 640x360).
+    the image area (10 for 640x360). ``border_fraction`` of the shapes (on average) are cut by the
+    image edge (see ``random_shapes``).
     """
     rng = np.random.default_rng(seed)
     if max_shapes is None:
         max_shapes = max(3, round(10 * height * width / (640 * 360)))
     background = make_background(rng, height, width)
-    shapes = random_shapes(rng, height, width, background, int(rng.integers(2, max_shapes + 1)))
+    count = int(rng.integers(2, max_shapes + 1))
+    shapes = random_shapes(rng, height, width, background, count, border_fraction)
     sigma = float(rng.uniform(0, 6))
     return render(
         shapes, background, rng.normal(0, sigma, size=background.shape).astype(np.float32)

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from build_engine.cli import (
+from build_engine.cli import main, output_paths
+from build_engine.options import (
     BuildOptions,
     UsageError,
-    main,
     make_parser,
     options_from_args,
-    output_paths,
     parse_batch,
     parse_size,
 )

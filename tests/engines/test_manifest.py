@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from engines.machine import collect_runtime_environment, parse_nvidia_smi
 from engines.manifest import (
     SCHEMA,
     EngineIncompatibleError,
@@ -18,11 +19,9 @@ from engines.manifest import (
     RuntimeEnvironment,
     cache_key,
     check_compatible,
-    collect_runtime_environment,
     compatibility_message,
     ensure_compatible,
     manifest_path_for,
-    parse_nvidia_smi,
     read_manifest,
 )
 

@@ -16,6 +16,7 @@ from engines.engine_cache import (
     request_mismatches,
     resolve_engine,
 )
+from engines.machine import collect_runtime_environment
 from engines.manifest import (
     BatchProfile,
     EngineIncompatibleError,
@@ -24,7 +25,6 @@ from engines.manifest import (
     RuntimeEnvironment,
     TensorSpec,
     cache_key,
-    collect_runtime_environment,
     manifest_path_for,
     read_manifest,
 )

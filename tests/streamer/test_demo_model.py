@@ -6,13 +6,13 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from pycocotools import mask as mask_utils
 
 from engines.loading import demo_model_path, load_model, load_runner
 from engines.modelfile import REQUIRED_METADATA, read_metadata
+from streamer.demo.matching import MatchTally, match_frame
 from streamer.demo.video import generate_video
 from streamer.media import open_media
 from streamer.process_cli import ProcessOptions, process_inputs
@@ -91,27 +91,14 @@ def unseen_scores(unseen_video: tuple[Path, dict]) -> dict[str, float]:
     assert not failures
     messages = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [m["frame"] for m in messages] == list(range(len(gt["images"])))
-    found = correct = total = 0
-    ious = []
+    tally = MatchTally()
     for msg in messages:
-        preds = [(i["label"], decode_rle(i["mask"])) for i in msg["instances"]]
-        taken: set[int] = set()
-        for ann in (a for a in gt["annotations"] if a["image_id"] == msg["frame"] and a["area"] >= 400):
-            total += 1
-            g = mask_utils.decode(ann["segmentation"]).astype(bool)
-            best, best_j = 0.0, -1
-            for j, (_, m) in enumerate(preds):
-                if j in taken:
-                    continue
-                iou = float(np.logical_and(g, m).sum() / max(np.logical_or(g, m).sum(), 1))
-                if iou > best:
-                    best, best_j = iou, j
-            if best >= 0.5:
-                taken.add(best_j)
-                found += 1
-                ious.append(best)
-                correct += preds[best_j][0] == ann["category_id"]
-    return {"total": total, "found": found, "mean_iou": float(np.mean(ious)), "correct": correct}
+        anns = [a for a in gt["annotations"] if a["image_id"] == msg["frame"]]
+        tally.add(match_frame([mask_utils.decode(a["segmentation"]).astype(bool) for a in anns],
+                              [a["category_id"] for a in anns],
+                              [decode_rle(i["mask"]) for i in msg["instances"]],
+                              [i["label"] for i in msg["instances"]]))
+    return tally.summary()
 
 
 def test_end_to_end_masks_on_unseen_video(unseen_scores: dict[str, float],
