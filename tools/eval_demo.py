@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_demo import build_model
+from demo_arch import build_model
 
 from streamer.demo.coco import EVAL_SEED_BASE, GroundTruthBuilder, evaluate, rle_json
 from streamer.demo.shapes import generate_image

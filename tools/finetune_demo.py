@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from train_demo import _mask_boxes, build_model
+from demo_arch import build_model, training_pair
 
 from streamer.demo.shapes import generate_image
 from streamer.demo.video import video_scenes
@@ -64,10 +64,9 @@ def batch(rng: np.random.Generator, n: int, size: int, device: torch.device, vid
             img, masks, labels = sc.image, sc.masks, sc.labels
         if len(labels) == 0:
             continue
-        images.append(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div(255).to(device))
-        targets.append({"boxes": torch.from_numpy(_mask_boxes(masks)).to(device),
-                        "labels": torch.from_numpy(labels).to(device),
-                        "masks": torch.from_numpy(masks).to(torch.uint8).to(device)})
+        image, target = training_pair(img, masks, labels, device)
+        images.append(image)
+        targets.append(target)
     return images, targets
 
 

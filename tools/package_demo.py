@@ -5,7 +5,7 @@
 
 The state dict is the frozen-BN torchvision one that ``tools/train_demo.py`` and
 ``tools/finetune_demo.py`` write. What tensors cannot tell (anchor sizes, resize limits, class
-names) comes from ``train_demo``'s constants, so the file loads as exactly the model-card
+names) comes from ``tools/demo_arch.py``, so the file loads as exactly the model-card
 construction. ``--rounded`` also writes the float16-rounded weights back as a float32 state dict,
 the weights the shipped file really holds (for ``tools/eval_demo.py``).
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_demo import ANCHOR_SIZES, ASPECT_RATIOS, INFERENCE_KWARGS
+from demo_arch import ANCHOR_SIZES, ASPECT_RATIOS, INFERENCE_KWARGS
 
 from engines.loading import demo_model_path
 from engines.model.state_dict import detect_config, migrate_keys
