@@ -113,8 +113,6 @@ def test_end_to_end_masks_on_unseen_video(unseen_scores: dict[str, float],
     assert s["mean_iou"] >= 0.85
 
 
-@pytest.mark.xfail(strict=True, reason="known shortfall (issue 4 open): the demo model calls a circle leaving the "
-                   "frame a square for 32 frames of this video: 178/210 = 84.8% classes right, bar 95%")
 def test_end_to_end_classes_on_unseen_video(unseen_scores: dict[str, float]) -> None:
     """Class right for >= 95% of matched instances."""
     assert unseen_scores["correct"] / unseen_scores["found"] >= 0.95
