@@ -54,6 +54,8 @@ class ProcessOptions:
     """How instance masks appear in messages: COCO RLE, polygons, or omitted."""
     annotate: AnnotateTarget | None = None
     """Where annotated frames go; None writes none."""
+    annotate_threshold: float | None = None
+    """Annotated frames draw instances scoring at least this; None: ``score_threshold``."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--annotate", type=_annotate_target, default=None, metavar="OUT.mp4|DIR/",
                    help="also write annotated frames: a video (one per input: OUT-<stem>.mp4 "
                         "when several) or a directory of PNGs")
+    p.add_argument("--annotate-threshold", type=_unit_float, default=None, metavar="T",
+                   help="draw only instances scoring at least T in annotated frames "
+                        "(default: --score-threshold)")
     p.add_argument("--mask-encoding", choices=MASK_ENCODINGS, default="rle",
                    help="instance masks as COCO RLE (default), polygons, or none")
     p.set_defaults(func=run, parser=p)
@@ -104,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         parser.error(f"--model {args.model}: no such file; pass an existing model file, "
                      "or omit --model for the embedded demo model")
     options = ProcessOptions(batch_size=args.batch, score_threshold=args.score_threshold,
-                             mask_encoding=args.mask_encoding, annotate=args.annotate)
+                             mask_encoding=args.mask_encoding, annotate=args.annotate,
+                             annotate_threshold=args.annotate_threshold)
     with contextlib.ExitStack() as stack:
         try:
             out = stack.enter_context(_open_output(args.out))
@@ -210,7 +216,10 @@ def _infer_batch(source: str, batch: Sequence[Frame], runner: Runner, out: TextI
                             encoding=options.mask_encoding)
         out.write(dumps(msg) + "\n")
         if writer is not None:
-            writer.write(draw_detections(frame.image, kept, masks, names))
+            floor = options.annotate_threshold or 0.0  # None: everything kept is drawn
+            shown = np.asarray(kept.scores >= floor)
+            writer.write(draw_detections(frame.image, kept.filter(floor),
+                                         None if masks is None else masks[shown], names))
     out.flush()
 
 

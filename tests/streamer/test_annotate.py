@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import av
@@ -173,6 +174,25 @@ def test_png_directory_holds_exact_annotated_frames(media_dir: Path, tmp_path: P
     with open_media(media_dir / "photo.png") as reader:
         src = next(iter(reader)).image
     det = runner.infer([src])[0].filter(0.5)
+    expected = draw_detections(src, det, det.paste(), FixedRunner.CLASS_NAMES)
+    assert np.array_equal(np.asarray(Image.open(target / "photo.png")), expected)
+
+
+@pytest.mark.parametrize("floor", [None, 0.5])
+def test_annotate_threshold_draws_only_confident_instances(media_dir: Path, tmp_path: Path,
+                                                           floor: float | None) -> None:
+    """Messages keep every instance >= --score-threshold; drawings only those >= --annotate-threshold."""
+    target = tmp_path / "pngs"
+    options = ProcessOptions(score_threshold=0.1, annotate=AnnotateTarget.parse(f"{target}/"),
+                             annotate_threshold=floor)
+    out = io.StringIO()
+    runner = FixedRunner()
+    assert process_inputs([str(media_dir / "photo.png")], runner, out, options) == []
+    assert [i["score"] for i in json.loads(out.getvalue())["instances"]] == pytest.approx([0.9, 0.3])
+    with open_media(media_dir / "photo.png") as reader:
+        src = next(iter(reader)).image
+    det = runner.infer([src])[0].filter(0.1 if floor is None else floor)
+    assert len(det) == (2 if floor is None else 1)
     expected = draw_detections(src, det, det.paste(), FixedRunner.CLASS_NAMES)
     assert np.array_equal(np.asarray(Image.open(target / "photo.png")), expected)
 
