@@ -21,17 +21,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from demo_arch import build_model, training_pair
+from demo_arch import INFERENCE_KWARGS, build_model, training_pair
 
 from streamer.demo.shapes import generate_image
 from streamer.demo.video import video_scenes
 
 FINETUNE_SEED_BASE = 5_000_000  # videos; disjoint from the sample video and the test videos
 MIN_VISIBLE_PX = 30
+FRAME_HW = (INFERENCE_KWARGS["min_size"], INFERENCE_KWARGS["max_size"])
+"""Whole generated frames (360×640) are fed at the model's own resize, i.e. unscaled."""
 
 
-def video_crop(rng: np.random.Generator, size: int,
-               edge_anchored: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def video_crop(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A random ``size``-square crop (0: the whole frame) of a random frame of a random video."""
     seed = FINETUNE_SEED_BASE + int(rng.integers(0, 1_000_000))
     steps = int(rng.integers(1, 80))
@@ -40,25 +41,20 @@ def video_crop(rng: np.random.Generator, size: int,
     if size == 0:
         return scene.image, scene.masks, scene.labels
     y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-    if edge_anchored and rng.random() < edge_anchored:  # keep a frame border in the crop: shapes leaving the frame
-        if rng.random() < 0.5:
-            y = 0 if rng.random() < 0.5 else h - size
-        else:
-            x = 0 if rng.random() < 0.5 else w - size
     masks = scene.masks[:, y:y + size, x:x + size]
     keep = masks.reshape(len(masks), -1).sum(1) >= MIN_VISIBLE_PX
     return scene.image[y:y + size, x:x + size], masks[keep], scene.labels[keep]
 
 
 def batch(rng: np.random.Generator, n: int, size: int, device: torch.device, video_fraction: float = 0.5,
-          edge_anchored: float = 0.0, border_fraction: float = 0.0, full_frame: bool = False) -> tuple[list, list]:
-    """``n`` training images and targets; ``full_frame`` uses whole 640×360 frames instead of ``size`` crops."""
+          border_fraction: float = 0.0, full_frame: bool = False) -> tuple[list, list]:
+    """``n`` training images and targets; ``full_frame`` uses whole frames (``FRAME_HW``) instead of ``size`` crops."""
     images, targets = [], []
     while len(images) < n:
         if rng.random() < video_fraction:
-            img, masks, labels = video_crop(rng, 0 if full_frame else size, edge_anchored)
+            img, masks, labels = video_crop(rng, 0 if full_frame else size)
         else:
-            h, w = (360, 640) if full_frame else (size, size)
+            h, w = FRAME_HW if full_frame else (size, size)
             sc = generate_image(int(rng.integers(30_000_000, 40_000_000)), height=h, width=w,
                                 border_fraction=border_fraction)
             img, masks, labels = sc.image, sc.masks, sc.labels
@@ -80,8 +76,6 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--video-fraction", type=float, default=0.5, help="share of video-frame crops per batch")
-    p.add_argument("--edge-anchored", type=float, default=0.0,
-                   help="share of video crops placed against a frame border (shipped model: 0)")
     p.add_argument("--border-fraction", type=float, default=0.0,
                    help="share of the still images' shapes placed on the image edge")
     p.add_argument("--full-frame", action="store_true", help="whole 640x360 frames instead of --size crops")
@@ -96,8 +90,8 @@ def main() -> None:
     device = torch.device(args.device)
     model = build_model(frozen_bn=True)
     model.load_state_dict(torch.load(args.weights, map_location="cpu"), strict=True)
-    model.transform.min_size = (360,) if args.full_frame else (args.size,)
-    model.transform.max_size = 640 if args.full_frame else args.size
+    model.transform.min_size = (FRAME_HW[0],) if args.full_frame else (args.size,)
+    model.transform.max_size = FRAME_HW[1] if args.full_frame else args.size
     if args.box_batch is not None:
         model.roi_heads.fg_bg_sampler.batch_size_per_image = args.box_batch
     if args.train == "box-head":
@@ -117,7 +111,7 @@ def main() -> None:
         frac = 0.0 if iters == 10**9 else it / iters
         for g in opt.param_groups:
             g["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        images, targets = batch(rng, args.batch, args.size, device, args.video_fraction, args.edge_anchored,
+        images, targets = batch(rng, args.batch, args.size, device, args.video_fraction,
                                 args.border_fraction, args.full_frame)
         losses = model(images, targets)
         loss = sum(losses.values())
