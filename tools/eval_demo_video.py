@@ -30,8 +30,10 @@ from streamer.demo.matching import MatchTally, match_frame
 from streamer.demo.shapes import CLASS_NAMES
 from streamer.demo.video import generate_video
 from streamer.media import open_media
+from streamer.process_cli import ProcessOptions
 
 EVAL_VIDEO_SEED_BASE = 3_000_000
+SCORE_THRESHOLD = ProcessOptions().score_threshold  # what `streamer process` publishes by default
 
 
 def main() -> None:
@@ -58,7 +60,7 @@ def main() -> None:
             gt = generate_video(path, seed=seed, seconds=args.seconds)
             video = MatchTally()
             for frame in open_media(str(path)):
-                det = runner.infer([frame.image])[0].filter(0.5)
+                det = runner.infer([frame.image])[0].filter(SCORE_THRESHOLD)
                 anns = [a for a in gt["annotations"] if a["image_id"] == frame.index]
                 matches = match_frame([mask_utils.decode(a["segmentation"]).astype(bool) for a in anns],
                                       [a["category_id"] for a in anns], list(det.paste()),

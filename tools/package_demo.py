@@ -23,7 +23,7 @@ from demo_arch import ANCHOR_SIZES, ASPECT_RATIOS, INFERENCE_KWARGS
 
 from engines.loading import demo_model_path
 from engines.model.state_dict import detect_config, migrate_keys
-from engines.modelfile import save_model_file
+from engines.modelfile import load_model_file, save_model_file
 from streamer.demo.shapes import CLASS_NAMES
 
 DEFAULT_SOURCE = (
@@ -42,9 +42,7 @@ def package(weights: Path, out: Path, source: str = DEFAULT_SOURCE) -> Path:
 
 def rounded_state_dict(model_file: Path) -> dict[str, torch.Tensor]:
     """The weights a float16-stored model file holds, as a float32 torchvision state dict."""
-    from safetensors.torch import load_file
-
-    return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(model_file)).items()}
+    return load_model_file(model_file).model.state_dict()
 
 
 def main() -> None:

@@ -21,11 +21,14 @@ MIN_IOU = 0.5
 
 @dataclass(frozen=True)
 class Match:
-    """One ground-truth instance and its best prediction (``pred_label`` 0 and ``iou`` < min when not found)."""
+    """One ground-truth instance and its best prediction (``pred_label`` 0 when not found)."""
 
     gt_label: int
     pred_label: int
     iou: float
+    """Mask IoU with the best unclaimed prediction (0 when there is none)."""
+    found: bool
+    """``iou >= min_iou``: the prediction is claimed and ``pred_label`` is its label."""
     touches_border: bool
     """The ground-truth mask reaches the frame's edge (a shape entering or leaving)."""
 
@@ -62,9 +65,9 @@ def match_frame(
         border = bool(g[0].any() or g[-1].any() or g[:, 0].any() or g[:, -1].any())
         if best >= min_iou:
             taken.add(best_j)
-            matches.append(Match(int(g_label), int(pred_labels[best_j]), best, border))
+            matches.append(Match(int(g_label), int(pred_labels[best_j]), best, True, border))
         else:
-            matches.append(Match(int(g_label), 0, best, border))
+            matches.append(Match(int(g_label), 0, best, False, border))
     return matches
 
 
@@ -73,14 +76,13 @@ class MatchTally:
     """Running totals over frames: found / total, mean IoU of the found, classes right."""
 
     matches: list[Match] = field(default_factory=list)
-    min_iou: float = MIN_IOU
 
     def add(self, matches: Sequence[Match]) -> None:
         self.matches.extend(matches)
 
     @property
     def found(self) -> list[Match]:
-        return [m for m in self.matches if m.iou >= self.min_iou]
+        return [m for m in self.matches if m.found]
 
     def summary(self) -> dict[str, float]:
         """``total``, ``found``, ``mean_iou`` (of the found), ``correct``, and the same split by border."""

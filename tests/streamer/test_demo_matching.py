@@ -36,6 +36,7 @@ def test_a_prediction_is_claimed_once_and_low_iou_is_not_found() -> None:
     matches = match_frame(gt, [1, 1], pred, [1, 1])
     assert [m.iou for m in matches] == [pytest.approx(1.0), pytest.approx(0.2)]
     assert [m.pred_label for m in matches] == [1, 0]
+    assert [m.found for m in matches] == [True, False]
     s = MatchTally(matches).summary()
     assert (s["total"], s["found"], s["correct"]) == (2, 1, 1)
 
