@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from build_engine.plugin_spec import (
     PLUGIN_NAME,
@@ -23,28 +23,60 @@ from build_engine.plugin_spec import (
     params_from_attributes,
 )
 
-TENSORRT_SUPPORTED_OPS: frozenset[str] = frozenset({
-    "Abs", "Acos", "Acosh", "Add", "And", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh",
-    "AveragePool", "BatchNormalization", "Cast", "CastLike", "Ceil", "Celu", "Clip", "Concat", "Constant",
-    "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "Cosh", "CumSum", "DeformConv", "DepthToSpace",
-    "DequantizeLinear", "Div", "Dropout", "Einsum", "Elu", "Equal", "Erf", "Exp", "Expand", "EyeLike",
-    "Flatten", "Floor", "Gather", "GatherElements", "GatherND", "Gelu", "Gemm", "GlobalAveragePool",
-    "GlobalLpPool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "GridSample", "GroupNormalization", "GRU",
-    "HardSigmoid", "HardSwish", "Hardmax", "Identity", "If", "ImageScaler", "InstanceNormalization",
-    "IsInf", "IsNaN", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax", "Loop",
-    "LRN", "LSTM", "LpNormalization", "LpPool", "MatMul", "Max", "MaxPool", "Mean",
-    "MeanVarianceNormalization", "Min", "Mish", "Mod", "Mul", "Neg", "NonMaxSuppression", "NonZero", "Not",
-    "OneHot", "Or", "Pad", "ParametricSoftplus", "Pow", "PRelu", "QuantizeLinear", "RandomNormal",
-    "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Range", "Reciprocal", "ReduceL1", "ReduceL2",
-    "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum",
-    "ReduceSumSquare", "Relu", "Reshape", "Resize", "ReverseSequence", "RNN", "RoiAlign", "Round",
-    "ScaledTanh", "Scan", "Scatter", "ScatterElements", "ScatterND", "Selu", "Shape", "Shrink", "Sigmoid",
-    "Sign", "Sin", "Sinh", "Size", "Slice", "Softmax", "Softplus", "Softsign", "SpaceToDepth", "Split",
-    "Sqrt", "Squeeze", "Sub", "Sum", "Tan", "Tanh", "ThresholdedRelu", "Tile", "TopK", "Transpose", "Trilu",
-    "Unsqueeze", "Upsample", "Where", "Xor",
-})
-"""ONNX operators (default domain) the TensorRT 10 ONNX parser imports natively: the "Y" rows of
-onnx-tensorrt's ``docs/operators.md`` (10.x). Restrictions that matter here are checked below."""
+_F = ("FP32", "FP16", "BF16")
+_FI = (*_F, "INT32", "INT64")
+_FIB = (*_FI, "BOOL")
+_TYPE_GROUPS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("BOOL",): ("And", "Not", "Or", "Xor"),
+    ("FP32", "FP16"): ("DeformConv", "GridSample", "Mish", "NonMaxSuppression", "NonZero", "RoiAlign"),
+    ("INT8", "FP8", "INT4"): ("DequantizeLinear",),
+    ("FP32", "FP16", "BF16", "FP8", "INT32", "INT64"): ("Mean",),
+    ("FP32", "FP16", "BF16", "INT8", "INT32", "INT64"): ("Gelu",),
+    (*_FIB, "UINT8"): ("Cast", "CastLike"),
+    _F: (
+        "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "AveragePool", "BatchNormalization", "Ceil", "Celu",
+        "Clip", "Conv", "ConvTranspose", "Cos", "Cosh", "CumSum", "Dropout", "Einsum", "Elu", "Erf", "Exp", "Floor",
+        "Gemm", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "GroupNormalization", "GRU", "HardSigmoid",
+        "HardSwish", "Hardmax", "ImageScaler", "InstanceNormalization", "IsInf", "LayerNormalization", "LeakyRelu",
+        "Log", "LogSoftmax", "LRN", "LSTM", "LpNormalization", "LpPool", "MatMul", "MaxPool",
+        "MeanVarianceNormalization", "ParametricSoftplus", "Pow", "PRelu", "QuantizeLinear", "RandomNormal",
+        "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Reciprocal", "Resize", "RNN", "Round",
+        "ScaledTanh", "Scan", "Selu", "Sigmoid", "Sin", "Sinh", "Softmax", "Softplus", "Softsign", "Sqrt", "Tan",
+        "Tanh", "ThresholdedRelu", "Upsample",
+    ),
+    _FI: (
+        "Abs", "Add", "ArgMax", "ArgMin", "DepthToSpace", "Div", "Equal", "Greater", "GreaterOrEqual", "IsNaN",
+        "Less", "LessOrEqual", "Max", "Min", "Mod", "Mul", "Neg", "Pad", "Range", "ReduceL1", "ReduceL2",
+        "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum",
+        "ReduceSumSquare", "Relu", "Scatter", "ScatterElements", "ScatterND", "Shrink", "Sign", "SpaceToDepth",
+        "Sub", "Sum", "TopK",
+    ),
+    _FIB: (
+        "Concat", "Constant", "ConstantOfShape", "Expand", "EyeLike", "Flatten", "Gather", "GatherElements",
+        "GatherND", "Identity", "If", "Loop", "OneHot", "Reshape", "ReverseSequence", "Shape", "Size", "Slice",
+        "Split", "Squeeze", "Tile", "Transpose", "Trilu", "Unsqueeze", "Where",
+    ),
+}
+TENSORRT_OP_TYPES: dict[str, frozenset[str]] = {
+    op: frozenset(types) for types, ops in _TYPE_GROUPS.items() for op in ops
+}
+"""ONNX operators (default domain) TensorRT's ONNX parser imports, each with the element types its main
+type constraint (``T``) may take. Source: the "Y" rows of onnx-tensorrt's ``docs/operators.md`` at the
+"ONNX-TensorRT 10.1 GA release" commit (96e7811), which covers opsets 9..20; later 10.x/11.x parsers only
+add operators and types, so this is a floor. (That table's ``ConstantOfShape`` row reads "INF64": INT64.)
+UINT8 appears for ``Cast`` only; :func:`check_uint8` adds the parser's input/output rule."""
+TENSORRT_SUPPORTED_OPS: frozenset[str] = frozenset(TENSORRT_OP_TYPES)
+"""The operator names of :data:`TENSORRT_OP_TYPES`."""
+TENSORRT_OPSETS = range(9, 21)
+"""Default-domain opsets the 10.1 operator table covers (9..20 inclusive)."""
+
+_ONNX_TYPE_NAMES = {
+    TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16", TensorProto.BFLOAT16: "BF16",
+    TensorProto.INT32: "INT32", TensorProto.INT64: "INT64", TensorProto.INT8: "INT8", TensorProto.UINT8: "UINT8",
+    TensorProto.BOOL: "BOOL", TensorProto.DOUBLE: "DOUBLE", TensorProto.INT16: "INT16",
+    TensorProto.UINT16: "UINT16", TensorProto.UINT32: "UINT32", TensorProto.UINT64: "UINT64",
+    TensorProto.STRING: "STRING", TensorProto.FLOAT8E4M3FN: "FP8", TensorProto.INT4: "INT4",
+}
 
 TOPK_MAX_K = 3840
 """TensorRT's largest TopK ``K`` (also the per-class limit inside its NMS)."""
@@ -73,6 +105,122 @@ def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
                 if a.name == "value":
                     values[node.output[0]] = numpy_helper.to_array(a.t)
     return values
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type (``TensorProto`` enum) of every tensor ONNX type inference can name."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
+            types[v.name] = v.type.tensor_type.elem_type
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in _STANDARD_DOMAINS:
+            for a in node.attribute:
+                if a.name == "value":
+                    types[node.output[0]] = a.t.data_type
+    return types
+
+
+def _type_name(elem_type: int) -> str:
+    return _ONNX_TYPE_NAMES.get(elem_type, onnx.TensorProto.DataType.Name(elem_type))
+
+
+def check_opset(model: onnx.ModelProto | str | Path) -> list[str]:
+    """The default-domain opset lies in :data:`TENSORRT_OPSETS` (what the operator table covers)."""
+    versions = [o.version for o in _model(model).opset_import if o.domain in _STANDARD_DOMAINS]
+    if not versions:
+        return ["the graph imports no default-domain (ai.onnx) opset"]
+    lo, hi = TENSORRT_OPSETS[0], TENSORRT_OPSETS[-1]
+    return [f"default-domain opset must lie in {lo}..{hi} (TensorRT's operator table), got {v}"
+            for v in versions if v not in TENSORRT_OPSETS]
+
+
+def check_uint8(model: onnx.ModelProto | str | Path) -> list[str]:
+    """UINT8 tensors only where TensorRT's parser takes them: a graph input whose every consumer is a
+    ``Cast``, or a graph output. Anything else ("UINT8 intermediate tensors") fails at parse time."""
+    m = _model(model)
+    types = _elem_types(m)
+    inputs = {v.name for v in m.graph.input}
+    outputs = {v.name for v in m.graph.output}
+    initializers = {t.name for t in m.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in m.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    problems = []
+    for name, elem_type in types.items():
+        if elem_type != TensorProto.UINT8 or name in outputs:
+            continue
+        users = consumers.get(name, [])
+        bad = [n for n in users if not (n.op_type == "Cast" and n.domain in _STANDARD_DOMAINS)]
+        if name in inputs and not bad:
+            continue
+        where = "a graph input" if name in inputs else "an initializer" if name in initializers \
+            else "an intermediate tensor"
+        used_by = ", ".join(_label(n) for n in (bad or users)) or "nothing"
+        problems.append(f"tensor {name!r} is UINT8 as {where} used by {used_by}: TensorRT accepts UINT8 only as "
+                        "a graph input that feeds Cast nodes only, or as a graph output (cast to float first)")
+    return problems
+
+
+def _formal_type_strs(node: onnx.NodeProto, opset: int) -> tuple[list[str | None], list[str | None]]:
+    """The schema's type string (``"T"``, ``"tensor(int64)"``...) of each actual input and output."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
+    except onnx.defs.SchemaError:
+        return [None] * len(node.input), [None] * len(node.output)
+
+    def expand(formals: Any, count: int) -> list[str | None]:
+        if not formals:
+            return [None] * count
+        return [formals[min(i, len(formals) - 1)].type_str for i in range(count)]
+
+    return expand(schema.inputs, len(node.input)), expand(schema.outputs, len(node.output))
+
+
+def check_types(model: onnx.ModelProto | str | Path) -> list[str]:
+    """Every standard node's main-type tensors (the schema's ``T``, else the first input's type; for
+    ``Cast`` also the output) have an element type TensorRT supports for that operator
+    (:data:`TENSORRT_OP_TYPES`): this is where INT64, DOUBLE or UINT8 are refused. Our plugin nodes take
+    float32/float16 features and float32 rois."""
+    m = _model(model)
+    types = _elem_types(m)
+    opset = max((o.version for o in m.opset_import if o.domain in _STANDARD_DOMAINS), default=TENSORRT_OPSETS[-1])
+    problems = []
+    for node in m.graph.node:
+        if (node.domain, node.op_type) in OUR_OPS:
+            problems += _plugin_types(node, types)
+            continue
+        allowed = TENSORRT_OP_TYPES.get(node.op_type) if node.domain in _STANDARD_DOMAINS else None
+        if allowed is None:
+            continue  # reported by check_tensorrt_ops
+        ins, outs = _formal_type_strs(node, opset)
+        main = "T" if "T" in ins + outs else (ins[0] if ins else outs[0] if outs else None)
+        checked = [(n, f) for n, f in zip(node.input, ins, strict=True) if n and f == main]
+        checked += [(n, f) for n, f in zip(node.output, outs, strict=True) if n and f == main]
+        if node.op_type in ("Cast", "CastLike"):
+            checked += [(n, "T2") for n in node.output[:1]]
+        bad = {name: _type_name(types[name]) for name, _ in checked
+               if name in types and _type_name(types[name]) not in allowed}
+        if bad:
+            got = ", ".join(f"{name!r} is {t}" for name, t in bad.items())
+            problems.append(f"{_label(node)}: tensor {got}; TensorRT's {node.op_type} takes "
+                            f"{', '.join(sorted(allowed))}")
+    return problems
+
+
+def _plugin_types(node: onnx.NodeProto, types: dict[str, int]) -> list[str]:
+    feats = [types.get(n) for n in node.input[:-1]]
+    problems = []
+    if any(t is not None for t in feats) and (len(set(feats)) != 1 or feats[0] not in (TensorProto.FLOAT,
+                                                                                         TensorProto.FLOAT16)):
+        got = [_type_name(t) if t is not None else "?" for t in feats]
+        problems.append(f"{_label(node)}: feature maps must all be FP32 or all FP16, got {got}")
+    rois = types.get(node.input[-1]) if node.input else None
+    if rois is not None and rois != TensorProto.FLOAT:
+        problems.append(f"{_label(node)}: rois must be FP32, got {_type_name(rois)}")
+    return problems
 
 
 def check_onnx(model: onnx.ModelProto | str | Path) -> None:
@@ -172,6 +320,7 @@ def check_nms(model: onnx.ModelProto | str | Path) -> list[str]:
 
 
 def tensorrt_problems(model: onnx.ModelProto | str | Path) -> list[str]:
-    """All TensorRT checks above together (operators, plugin nodes, TopK, NMS)."""
+    """All TensorRT checks above together (opset, operators, types, UINT8, plugin nodes, TopK, NMS)."""
     m = _model(model)
-    return [*check_tensorrt_ops(m), *check_plugin_nodes(m), *check_topk(m), *check_nms(m)]
+    return [*check_opset(m), *check_tensorrt_ops(m), *check_types(m), *check_uint8(m), *check_plugin_nodes(m),
+            *check_topk(m), *check_nms(m)]

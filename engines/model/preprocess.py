@@ -37,10 +37,16 @@ def padded_size(height: int, width: int, size_divisible: int) -> tuple[int, int]
 
 
 def to_float_nchw(frames: torch.Tensor) -> torch.Tensor:
-    """``uint8[N, H, W, 3]`` → ``float32[N, 3, H, W]`` in [0, 1]."""
+    """``uint8[N, H, W, 3]`` → ``float32[N, 3, H, W]`` in [0, 1].
+
+    Cast first, then permute: the exported graph then reads ``frames -> Cast -> Transpose``,
+    because TensorRT's ONNX parser accepts UINT8 only as a graph input feeding ``Cast``
+    (``build_engine.onnx_check.check_uint8``). Values and strides equal the permute-first
+    order (the cast is elementwise and keeps the permuted strides either way).
+    """
     if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8[N, H, W, 3] RGB, got {frames.dtype}{list(frames.shape)}")
-    return frames.permute(0, 3, 1, 2).to(torch.float32) / 255
+    return frames.to(torch.float32).permute(0, 3, 1, 2) / 255
 
 
 def normalize_resize(

@@ -17,13 +17,17 @@ from onnx import TensorProto, helper, numpy_helper
 from build_engine.export import ExportInfo, export_onnx
 from build_engine.onnx_check import (
     NMS_MAX_BOXES,
+    TENSORRT_OP_TYPES,
     TENSORRT_SUPPORTED_OPS,
     TOPK_MAX_K,
     check_nms,
     check_onnx,
+    check_opset,
     check_plugin_nodes,
     check_tensorrt_ops,
     check_topk,
+    check_types,
+    check_uint8,
     tensorrt_problems,
 )
 from build_engine.plugin_spec import (
@@ -131,6 +135,8 @@ def test_portable_graph_uses_standard_operators_only(exported: dict[str, ExportI
 def test_tensorrt_rules(exported: dict[str, ExportInfo], key: str) -> None:
     model = _graph(exported[key])
     assert tensorrt_problems(model) == []
+    frames = [n for n in model.graph.node if "frames" in n.input]
+    assert [n.op_type for n in frames] == ["Cast"], "uint8 frames feed a Cast only (TensorRT: no UINT8 intermediates)"
     other = {n.op_type for n in model.graph.node if n.domain == ""}
     assert other <= TENSORRT_SUPPORTED_OPS
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -245,3 +251,79 @@ def test_checks_report_incomplete_plugin_attributes() -> None:
     assert "plugin_version must be '1', got b'2'" in problems[0]
     assert "missing ['sampling_ratio']" in problems[1]
     assert check_tensorrt_ops(model) == [], "our own plugin op is not reported as unsupported"
+
+
+def test_uint8_only_as_an_input_feeding_cast_or_an_output() -> None:
+    frames = _value("frames", TensorProto.UINT8, [1, 4, 4, 3])
+    transposed_first = [helper.make_node("Transpose", ["frames"], ["t"], name="nchw", perm=[0, 3, 1, 2]),
+                        helper.make_node("Cast", ["t"], ["x"], name="to_float", to=TensorProto.FLOAT)]
+    bad = _model(transposed_first, [frames], [_value("x", TensorProto.FLOAT, None)])
+    problems = check_uint8(bad)
+    assert any("'frames' is UINT8 as a graph input used by node nchw (Transpose)" in p for p in problems)
+    assert any("'t' is UINT8 as an intermediate tensor used by node to_float (Cast)" in p for p in problems)
+    cast_first = [helper.make_node("Cast", ["frames"], ["f"], name="to_float", to=TensorProto.FLOAT),
+                  helper.make_node("Transpose", ["f"], ["x"], name="nchw", perm=[0, 3, 1, 2]),
+                  helper.make_node("Cast", ["x"], ["out_u8"], name="back", to=TensorProto.UINT8)]
+    good = _model(cast_first, [frames], [_value("x", TensorProto.FLOAT, None),
+                                         _value("out_u8", TensorProto.UINT8, None)])
+    assert check_uint8(good) == [] and check_types(good) == []
+
+
+def test_types_outside_tensorrts_table_are_refused() -> None:
+    x = _value("x", TensorProto.INT64, [4])
+    d = _value("d", TensorProto.DOUBLE, [4])
+    nodes = [helper.make_node("Sigmoid", ["x_f"], ["s"], name="ok"),
+             helper.make_node("Cast", ["x"], ["x_f"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Conv", ["d", "w"], ["c"], name="conv_double"),
+             helper.make_node("MatMul", ["x", "x"], ["mm"], name="int_matmul"),
+             helper.make_node("Gather", ["x", "idx"], ["g"], name="int_gather")]  # INT64 data: accepted
+    inits = [numpy_helper.from_array(np.zeros((1, 1, 1), np.float64), "w"),
+             numpy_helper.from_array(np.array([0], np.int64), "idx")]
+    model = _model(nodes, [x, d], [_value(o, TensorProto.FLOAT, None) for o in ("s", "c")]
+                   + [_value(o, TensorProto.INT64, None) for o in ("mm", "g")], inits)
+    problems = check_types(model)
+    assert len(problems) == 2, problems
+    assert problems[0] == ("node conv_double (Conv): tensor 'd' is DOUBLE, 'w' is DOUBLE; "
+                           "TensorRT's Conv takes BF16, FP16, FP32")
+    assert any("node int_matmul (MatMul): tensor 'x' is INT64" in p for p in problems)
+    assert TENSORRT_OP_TYPES["Gather"] >= {"INT64", "BOOL"} and "UINT8" not in TENSORRT_OP_TYPES["Transpose"]
+
+
+def test_opset_outside_the_operator_table_is_refused() -> None:
+    x = _value("x", TensorProto.FLOAT, [4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [_value("y", TensorProto.FLOAT, [4])])
+    assert check_opset(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])) == []
+    new = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    assert check_opset(new) == ["default-domain opset must lie in 9..20 (TensorRT's operator table), got 23"]
+
+
+def test_plugin_node_types_are_checked() -> None:
+    from engines.roi_align import RoIAlignParams
+
+    feats = [_value(f"f{i}", TensorProto.FLOAT16, [1, 8, 32 >> i, 32 >> i]) for i in range(3)]
+    feats.append(_value("f3", TensorProto.FLOAT, [1, 8, 4, 4]))
+    node = helper.make_node(PLUGIN_NAME, ["f0", "f1", "f2", "f3", "rois"], ["out"], name="pool",
+                            domain=PLUGIN_NAMESPACE, plugin_namespace=PLUGIN_NAMESPACE, plugin_version="1",
+                            **onnx_attributes(RoIAlignParams()))
+    model = _model([node], [*feats, _value("rois", TensorProto.FLOAT16, [3, 5])],
+                   [_value("out", TensorProto.FLOAT16, None)])
+    problems = check_types(model)
+    assert problems == ["node pool (maskrcnn_streamer::MultilevelRoIAlign): feature maps must all be FP32 or all "
+                        "FP16, got ['FP16', 'FP16', 'FP16', 'FP32']",
+                        "node pool (maskrcnn_streamer::MultilevelRoIAlign): rois must be FP32, got FP16"]
+
+
+def test_a_uint8_transpose_regression_in_the_real_graph_fails(loaded: LoadedModel, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pre-fix preprocessing (permute on uint8, then cast) exported through build_engine.export is refused."""
+    import torch
+
+    import engines.model.maskrcnn as maskrcnn
+
+    def permute_then_cast(frames: torch.Tensor) -> torch.Tensor:
+        return frames.permute(0, 3, 1, 2).to(torch.float32) / 255
+
+    monkeypatch.setattr(maskrcnn, "to_float_nchw", permute_then_cast)
+    info = export_onnx(loaded.model, tmp_path / "old.onnx", source_hw=SOURCE_HW, roi_align="plugin")
+    problems = tensorrt_problems(_graph(info))
+    assert any("'frames' is UINT8 as a graph input used by" in p and "(Transpose)" in p for p in problems), problems
