@@ -1,24 +1,66 @@
-"""Mask pasting: 28×28 box-relative mask probabilities → full-frame binary masks.
+"""Mask pasting: 28×28 box-relative mask probabilities → binary masks, box-local.
 
-Pure functions, identical to torchvision's ``paste_masks_in_image`` (padding 1):
+Numerically identical to torchvision's ``paste_masks_in_image`` (padding 1) followed by
+``> threshold``, but each instance's mask is computed and kept inside its own box only — never
+a full-frame array per instance (at 1080p, 100 instances would be 100 × 2 MB):
 
 1. pad each ``M×M`` mask with one zero pixel on every side (``M+2``) and grow its box
-   about the centre by ``(M+2)/M`` so the padded mask covers it;
-2. truncate the grown box to integers (``int64`` cast, towards zero);
-3. resize the mask bilinearly (``align_corners=False``) to ``(y2-y1+1) × (x2-x1+1)``;
-4. copy the part that falls inside the frame; threshold ``> threshold``.
+   about the centre by ``(M+2)/M`` (float32, as torchvision) so the padded mask covers it;
+2. truncate the grown box to integers (``int64`` cast, towards zero): ``(x1, y1, x2, y2)``
+   with ``x2``/``y2`` inclusive;
+3. resize the padded mask bilinearly (``align_corners=False``) to
+   ``max(y2-y1+1, 1) × max(x2-x1+1, 1)`` — the same call torchvision makes, so the same values;
+4. keep the part that falls inside the frame, threshold ``> threshold``.
+
+The result is a :class:`BoxMask`: the mask's top-left frame pixel and a ``bool[h, w]`` array
+with ``0 <= x0``, ``x0 + w <= W`` (likewise in y). A box wholly outside the frame gives an
+empty (``h == 0`` or ``w == 0``) mask. ``BoxMask.to_full`` materializes one full-frame mask,
+for tests and references only.
+
+The torch function runs on any device: CUDA runners paste on the GPU and bring only the
+box-local masks to the host, in one copy.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+PADDING = 1
+"""Zero pixels added on each side of the ``M×M`` mask before resizing (torchvision's value)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BoxMask:
+    """One instance's binary mask, clipped to the frame: frame pixels ``[y0:y0+h, x0:x0+w]``."""
+
+    x0: int
+    """Left column in frame pixels, ``0 <= x0 <= W``."""
+    y0: int
+    """Top row in frame pixels, ``0 <= y0 <= H``."""
+    mask: npt.NDArray[np.bool_]
+    """``bool[h, w]``, C-contiguous; ``h == 0`` or ``w == 0`` when the box lies outside the frame."""
+
+    @property
+    def area(self) -> int:
+        """Foreground pixels."""
+        return int(np.count_nonzero(self.mask))
+
+    def to_full(self, height: int, width: int) -> npt.NDArray[np.bool_]:
+        """The full-frame ``bool[height, width]`` mask (allocates ``H×W``: tests and references only)."""
+        out = np.zeros((height, width), dtype=bool)
+        h, w = self.mask.shape
+        out[self.y0:self.y0 + h, self.x0:self.x0 + w] = self.mask
+        return out
+
 
 def expand_boxes(boxes: torch.Tensor, scale: float) -> torch.Tensor:
-    """Scale ``Tensor[K, 4]`` xyxy boxes about their centres by ``scale``."""
+    """Scale ``Tensor[K, 4]`` xyxy boxes about their centres by ``scale`` (torchvision's arithmetic)."""
     w_half = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
     h_half = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
     x_c = (boxes[:, 2] + boxes[:, 0]) * 0.5
@@ -26,42 +68,68 @@ def expand_boxes(boxes: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], dim=1)
 
 
-def paste_masks_torch(
-    mask_probs: torch.Tensor, boxes: torch.Tensor, height: int, width: int, padding: int = 1
-) -> torch.Tensor:
-    """Paste ``Tensor[K, M, M]`` probabilities into ``Tensor[K, height, width]`` (float, unthresholded).
+def paste_boxes_torch(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int, width: int,
+                      threshold: float) -> list[tuple[int, int, torch.Tensor]]:
+    """Box-local binary masks on ``mask_probs``' device: ``(x0, y0, Tensor[h, w] bool)`` per instance.
 
-    ``boxes`` is ``Tensor[K, 4]`` xyxy in frame pixels. Exactly torchvision's paste.
+    ``mask_probs`` is ``Tensor[K, M, M]`` (probabilities of the predicted class), ``boxes``
+    ``Tensor[K, 4]`` finite xyxy frame pixels, ``x1 <= x2``, ``y1 <= y2``. Exactly torchvision's
+    paste restricted to each box, thresholded ``> threshold``.
     """
-    k, m = mask_probs.shape[0], mask_probs.shape[-1]
-    out = torch.zeros((k, height, width), dtype=mask_probs.dtype, device=mask_probs.device)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"pasting masks needs a positive frame size, got height={height}, width={width}")
+    k, m = int(mask_probs.shape[0]), int(mask_probs.shape[-1])
     if k == 0:
-        return out
-    scale = float(m + 2 * padding) / m
-    padded = F.pad(mask_probs, (padding,) * 4)
-    ib = expand_boxes(boxes.to(torch.float32), scale).to(torch.int64).tolist()
-    for i, (x1, y1, x2, y2) in enumerate(ib):
-        w = max(x2 - x1 + 1, 1)
-        h = max(y2 - y1 + 1, 1)
-        resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-        x0, xe = max(x1, 0), min(x2 + 1, width)
-        y0, ye = max(y1, 0), min(y2 + 1, height)
-        if x0 >= xe or y0 >= ye:
+        return []
+    scale = float(m + 2 * PADDING) / m
+    padded = F.pad(mask_probs.float(), (PADDING,) * 4)
+    grown = expand_boxes(boxes.to(torch.float32), scale).to(torch.int64).cpu().tolist()
+    out: list[tuple[int, int, torch.Tensor]] = []
+    for i, (x1, y1, x2, y2) in enumerate(grown):
+        x0, xe = min(max(x1, 0), width), min(max(x2 + 1, 0), width)
+        y0, ye = min(max(y1, 0), height), min(max(y2 + 1, 0), height)
+        if x0 >= xe or y0 >= ye:  # wholly outside the frame: torchvision pastes nothing
+            out.append((x0, y0, torch.zeros((0, 0), dtype=torch.bool, device=padded.device)))
             continue
-        out[i, y0:ye, x0:xe] = resized[y0 - y1 : ye - y1, x0 - x1 : xe - x1]
+        w, h = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)
+        resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear",
+                                align_corners=False)[0, 0]
+        out.append((x0, y0, resized[y0 - y1:ye - y1, x0 - x1:xe - x1] > threshold))
     return out
 
 
-def paste_masks(
-    mask_probs: npt.NDArray[np.float32],
-    boxes: npt.NDArray[np.float32],
-    height: int,
-    width: int,
-    threshold: float = 0.5,
-) -> npt.NDArray[np.bool_]:
-    """Numpy front of :func:`paste_masks_torch`, thresholded: ``bool[K, height, width]``."""
-    if height <= 0 or width <= 0:
-        raise ValueError(f"paste_masks needs a positive frame size, got height={height}, width={width}")
-    probs = paste_masks_torch(torch.from_numpy(np.ascontiguousarray(mask_probs)),
-                              torch.from_numpy(np.ascontiguousarray(boxes)), height, width)
-    return (probs > threshold).numpy()
+def paste_boxes(mask_probs: npt.NDArray[np.float32] | torch.Tensor,
+                boxes: npt.NDArray[np.float32] | torch.Tensor,
+                height: int, width: int, threshold: float = 0.5) -> list[BoxMask]:
+    """:func:`paste_boxes_torch` brought to the host: one :class:`BoxMask` per instance.
+
+    Accepts numpy arrays or tensors on any device; from a GPU, all masks come back in one copy.
+    """
+    probs = torch.as_tensor(mask_probs) if isinstance(mask_probs, torch.Tensor) else torch.from_numpy(
+        np.ascontiguousarray(mask_probs))
+    bx = torch.as_tensor(boxes) if isinstance(boxes, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(boxes))
+    with torch.inference_mode():
+        pieces = paste_boxes_torch(probs, bx, height, width, threshold)
+        if not pieces:
+            return []
+        if probs.device.type == "cpu":
+            host = [t.numpy() for _, _, t in pieces]
+        else:  # one device→host copy for all instances
+            flat = torch.cat([t.reshape(-1) for _, _, t in pieces]).cpu().numpy()
+            ends = np.cumsum([t.numel() for _, _, t in pieces])
+            host = [flat[e - t.numel():e].reshape(t.shape) for e, (_, _, t) in zip(ends, pieces, strict=True)]
+    return [BoxMask(x0, y0, np.ascontiguousarray(h)) for (x0, y0, _), h in zip(pieces, host, strict=True)]
+
+
+def paste_masks(mask_probs: npt.NDArray[np.float32], boxes: npt.NDArray[np.float32], height: int,
+                width: int, threshold: float = 0.5) -> npt.NDArray[np.bool_]:
+    """Full-frame ``bool[K, height, width]`` masks (for references and tests, never the publish path)."""
+    return stack_full(paste_boxes(mask_probs, boxes, height, width, threshold), height, width)
+
+
+def stack_full(masks: Sequence[BoxMask], height: int, width: int) -> npt.NDArray[np.bool_]:
+    """``bool[K, height, width]`` from box masks (tests and references only)."""
+    out = np.zeros((len(masks), height, width), dtype=bool)
+    for k, bm in enumerate(masks):
+        out[k] = bm.to_full(height, width)
+    return out

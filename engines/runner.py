@@ -4,7 +4,7 @@ A runner is loaded once and then called with batches of frames::
 
     runner = load_runner("model.safetensors", device="cpu")
     dets = runner.infer([frame0, frame1])          # list[Detections], one per frame
-    masks = dets[0].paste()                        # bool ndarray[K, H, W]
+    masks = dets[0].box_masks(0.5)                 # list[BoxMask]: bool[h, w] inside each box
 
 Frames are ``uint8`` RGB arrays of shape ``[H, W, 3]``. Frames in one ``infer``
 call may differ in size; runners batch equal-sized frames together.
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from engines.masks import paste_masks
+from engines.masks import BoxMask, paste_boxes, stack_full
 
 
 @dataclass(frozen=True)
@@ -54,22 +54,49 @@ class Detections:
     """``[K, 28, 28]`` float32 mask probabilities of the predicted class, in box coordinates."""
     image_size: tuple[int, int] = field(default=(0, 0))
     """``(H, W)`` of the source frame."""
+    pasted: tuple[float, list[BoxMask]] | None = field(default=None, repr=False)
+    """``(threshold, masks)`` when the runner already pasted the masks (on its device), else None."""
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
-    def paste(self, threshold: float = 0.5) -> npt.NDArray[np.bool_]:
-        """Full-resolution binary masks ``bool[K, H, W]`` (torchvision's paste, then ``> threshold``)."""
+    def box_masks(self, threshold: float = 0.5) -> list[BoxMask]:
+        """Binary masks inside each instance's clipped box (torchvision's paste, then ``> threshold``).
+
+        Reuses the runner's pasted masks when they were made at ``threshold``.
+        """
+        if self.pasted is not None and self.pasted[0] == threshold:
+            return self.pasted[1]
         h, w = self.image_size
-        return paste_masks(self.mask_probs, self.boxes, h, w, threshold)
+        return paste_boxes(self.mask_probs, self.boxes, h, w, threshold)
+
+    def paste(self, threshold: float = 0.5) -> npt.NDArray[np.bool_]:
+        """Full-resolution ``bool[K, H, W]`` masks: references and tests only (allocates K×H×W)."""
+        h, w = self.image_size
+        return stack_full(self.box_masks(threshold), h, w)
+
+    def select(self, keep: npt.NDArray[np.bool_]) -> Detections:
+        """The detections where ``keep`` (``bool[K]``) is True, pasted masks included."""
+        pasted = None
+        if self.pasted is not None:
+            pasted = (self.pasted[0], [m for m, k in zip(self.pasted[1], keep.tolist(), strict=True) if k])
+        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], self.mask_probs[keep],
+                          self.image_size, pasted)
 
     def filter(self, score_threshold: float) -> Detections:
         """The detections with ``score >= score_threshold``."""
-        keep = self.scores >= score_threshold
-        return Detections(
-            self.boxes[keep], self.scores[keep], self.labels[keep], self.mask_probs[keep],
-            self.image_size,
-        )
+        return self.select(self.scores >= score_threshold)
+
+    def invalid(self) -> dict[str, npt.NDArray[np.bool_]]:
+        """Instances a runner should never return, by reason: ``bool[K]`` per reason (may overlap).
+
+        ``nonfinite``: a NaN/inf box coordinate or score; ``inverted``: ``x2 < x1`` or ``y2 < y1``.
+        A box outside the frame is valid (its mask is empty).
+        """
+        finite = np.isfinite(self.boxes).all(axis=1) & np.isfinite(self.scores)
+        with np.errstate(invalid="ignore"):
+            inverted = finite & ((self.boxes[:, 2] < self.boxes[:, 0]) | (self.boxes[:, 3] < self.boxes[:, 1]))
+        return {"nonfinite": ~finite, "inverted": inverted}
 
 
 class Runner(ABC):

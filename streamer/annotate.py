@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
+from engines.masks import BoxMask
 from engines.runner import Detections
 from streamer.media import MediaInfo
 
@@ -51,25 +52,30 @@ def class_color(label: int) -> tuple[int, int, int]:
 
 
 def draw_detections(image: npt.NDArray[np.uint8], det: Detections,
-                    masks: npt.NDArray[np.bool_] | None, class_names: Sequence[str],
+                    masks: Sequence[BoxMask] | None, class_names: Sequence[str],
                     alpha: float = MASK_ALPHA) -> npt.NDArray[np.uint8]:
     """``image`` (``uint8[H, W, 3]`` RGB) with ``det`` drawn on it; a new array, the input is untouched.
 
-    ``masks`` is ``bool[K, H, W]`` aligned with ``det`` (None: boxes and labels only). Instances
-    are drawn from the lowest score up, so the most confident one is on top. Outside every
-    mask, box outline and label, pixels equal the source.
+    ``masks`` are the box-local masks aligned with ``det`` (:meth:`Detections.box_masks`; None:
+    boxes and labels only); each is blended inside its box only. Instances are drawn from the
+    lowest score up, so the most confident one is on top. Outside every mask, box outline and
+    label, pixels equal the source.
     """
     h, w = image.shape[:2]
-    if masks is not None and masks.shape != (len(det), h, w):
-        raise ValueError(f"masks must be bool[K={len(det)}, H={h}, W={w}] to match the detections "
-                         f"and image, got shape {masks.shape}")
+    if masks is not None and len(masks) != len(det):
+        raise ValueError(f"masks must hold one box mask per detection ({len(det)}), got {len(masks)}")
     order = np.argsort(det.scores, kind="stable")
     out = image.astype(np.float32)
     if masks is not None:
         for k in order.tolist():
             tint = np.array(class_color(int(det.labels[k])), dtype=np.float32)
-            m = masks[k]
-            out[m] = out[m] * (1.0 - alpha) + tint * alpha
+            bm = masks[k]
+            mh, mw = bm.mask.shape
+            if bm.y0 + mh > h or bm.x0 + mw > w:
+                raise ValueError(f"mask {k} ({mh}x{mw} at x={bm.x0}, y={bm.y0}) does not fit the "
+                                 f"{w}x{h} image")
+            region = out[bm.y0:bm.y0 + mh, bm.x0:bm.x0 + mw]
+            region[bm.mask] = region[bm.mask] * (1.0 - alpha) + tint * alpha
     canvas = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     font = _font(max(10, h // 40))

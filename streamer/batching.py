@@ -2,7 +2,8 @@
 
 Each stream has a :class:`StreamQueue` of at most ``queue_size`` frames, living on the event
 loop. Live streams never wait: a full queue drops its OLDEST frame (reason ``queue_full``).
-File streams never drop: the decode thread waits until the queue has room.
+File streams never drop: the decode thread waits until the queue has room. Decode threads
+hand frames over with :class:`LoopHandoff`, the one thread→loop crossing.
 
 :class:`Batcher` takes frames round-robin — one frame per stream per round, starting after the
 stream served last — so that no stream gets more than its share while others wait. A batch
@@ -15,12 +16,15 @@ when it would be batched is dropped (reason ``stale``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
 from streamer.config import BatchingConfig
-from streamer.sources import Frame
+from streamer.frames import Frame
 
 DropCallback = Callable[[Frame, str], None]
 """Called with each dropped frame and the reason (``queue_full``, ``stale``, ``shutdown``)."""
@@ -91,6 +95,43 @@ class StreamQueue:
     def _notify(self) -> None:
         for callback in self._listeners:
             callback()
+
+
+class LoopHandoff:
+    """Hands frames from a decode thread to the stream's queue on the event loop.
+
+    Live streams never wait (the queue drops its oldest frame when full); file streams wait
+    for room (``run_coroutine_threadsafe(queue.put(...))``), polling ``stop`` so that a
+    stopped worker never hangs on a full queue.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: StreamQueue, stop: threading.Event) -> None:
+        self.loop, self.queue, self.stop = loop, queue, stop
+
+    def deliver(self, frame: Frame) -> bool:
+        """Queue ``frame``; False if the worker was stopped (or the loop closed) meanwhile."""
+        try:
+            if self.queue.drops:
+                self.loop.call_soon_threadsafe(self.queue.offer, frame)
+                return not self.stop.is_set()
+            fut = asyncio.run_coroutine_threadsafe(self.queue.put(frame), self.loop)
+        except RuntimeError:  # loop closed: the daemon is gone
+            return False
+        while True:
+            try:
+                fut.result(timeout=0.1)
+                return True
+            except concurrent.futures.TimeoutError:
+                if self.stop.is_set():
+                    fut.cancel()
+                    return False
+            except concurrent.futures.CancelledError:
+                return False
+
+    def end(self) -> None:
+        """End-of-stream sentinel: the queue closes once its frames are taken."""
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.queue.close)
 
 
 def take_fair(

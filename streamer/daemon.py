@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 
 import streamer
 from engines.runner import Runner
-from streamer.batching import Batcher, StreamQueue
+from streamer.batching import Batcher, LoopHandoff, StreamQueue
 from streamer.config import (
     ConfigError,
     Overrides,
@@ -46,12 +46,14 @@ from streamer.config import (
     parse_host_port,
     with_defaults,
 )
+from streamer.frames import Frame
 from streamer.http import HealthState, HttpServer, start_http_server
-from streamer.inference import InferenceWorker, MessageSpec, Publisher, run_pipeline
+from streamer.inference import InferenceWorker, Publisher, run_pipeline
+from streamer.messages import MessageSpec
 from streamer.metrics import StreamerMetrics
 from streamer.sdnotify import Notifier, pipeline_alive, watchdog_period
 from streamer.sinks.base import Sink, create_sink
-from streamer.sources import Frame, LoopHandoff, SourceWorker
+from streamer.sources import SourceWorker
 
 log = logging.getLogger("streamer.daemon")
 

@@ -3,8 +3,9 @@
 Three stages, each off the event loop where it computes::
 
     Batcher.next_batch() ──► InferenceWorker.infer()      one thread per device ("infer-cpu")
-                         ──► Publisher.submit()            postprocess pool ("post-N"): filter,
-                                                           paste masks, encode RLE/polygons, JSON
+                         ──► Publisher.submit()            postprocess pool ("post-N"):
+                                                           streamer.messages (filter, box-local
+                                                           masks, RLE/polygons)
                          ──► Publisher.run()               on the loop: sink.publish(), in order
 
 Batches are published in the order they were inferred, so each stream's frames reach the sinks
@@ -15,20 +16,19 @@ when postprocessing falls behind, inference waits (and live queues drop their ol
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from engines.runner import Detections, Runner
 from streamer.batching import Batcher
-from streamer.schema import MaskEncoding, frame_message
-from streamer.sources import Frame
+from streamer.frames import Frame
+from streamer.messages import FrameResult, MessageSpec, batch_results
+from streamer.schema import class_name
 
 if TYPE_CHECKING:
     from streamer.metrics import StreamerMetrics
@@ -63,52 +63,39 @@ class InferenceWorker:
             self.last_completed = time.monotonic()
 
     def _infer(self, images: list[Any]) -> list[Detections]:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         dets = self.runner.infer(images)
         self.metrics.inference_latency.observe(time.perf_counter() - start)
+        self.metrics.stage_cpu.labels("inference").inc(time.thread_time() - cpu)
         self.metrics.batch_size.observe(len(images))
         if len(dets) != len(images):
             raise RuntimeError(f"runner returned {len(dets)} detections for {len(images)} frames")
         return dets
 
-    def close(self) -> None:
-        """Stop the thread (after the batch in progress) and release the runner."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self.runner.close()
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Release the runner on the inference thread, after the batch in progress; stop the thread.
+
+        The runner is closed where it ran (a CUDA runner's context and stream live there) and
+        never while a batch still uses its buffers. If the batch in progress does not finish
+        within ``timeout_s``, the runner is left to the process exit.
+        """
+        closing = self._executor.submit(self.runner.close)
+        self._executor.shutdown(wait=False, cancel_futures=False)
+        try:
+            closing.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            log.warning("inference still busy after %.1f s; the runner is released at exit", timeout_s)
+        except Exception:
+            log.exception("closing the runner failed")
 
 
-@dataclass(frozen=True)
-class MessageSpec:
-    """How detections become frame messages."""
-
-    class_names: tuple[str, ...]
-    encodings: frozenset[MaskEncoding]
-    """One message per encoding the sinks need."""
-    score_threshold: float
-    mask_threshold: float
-
-
-def frame_messages(frame: Frame, det: Detections, spec: MessageSpec) -> dict[MaskEncoding, dict[str, Any]]:
-    """The frame message of ``frame`` in each encoding of ``spec`` (runs on the postprocess pool).
-
-    Adds ``stream`` (configured name) and ``capture_time`` (unix seconds) to the message.
-    """
-    det = det.filter(spec.score_threshold)
-    masks = None
-    if spec.encodings - {"none"}:
-        h, w = det.image_size
-        masks = det.paste(spec.mask_threshold) if len(det) else np.zeros((0, h, w), dtype=bool)
-    extra = {"stream": frame.stream, "capture_time": round(frame.capture_time, 6)}
-    return {
-        enc: frame_message(frame.source, frame.index, frame.pts, det, None if enc == "none" else masks,
-                           spec.class_names, enc, extra)
-        for enc in spec.encodings
-    }
-
-
-def _postprocess(frames: Sequence[Frame], dets: Sequence[Detections], spec: MessageSpec
-                 ) -> list[dict[MaskEncoding, dict[str, Any]]]:
-    return [frame_messages(f, d, spec) for f, d in zip(frames, dets, strict=True)]
+def _postprocess(frames: Sequence[Frame], dets: Sequence[Detections], spec: MessageSpec,
+                 metrics: StreamerMetrics) -> list[FrameResult]:
+    start = time.thread_time()
+    try:
+        return batch_results(frames, dets, spec)
+    finally:
+        metrics.stage_cpu.labels("postprocess").inc(time.thread_time() - start)
 
 
 class Publisher:
@@ -137,7 +124,7 @@ class Publisher:
     async def submit(self, frames: list[Frame], dets: list[Detections]) -> None:
         """Start postprocessing a batch; waits while ``max_in_flight`` batches are pending."""
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, _postprocess, frames, dets, self.spec)
+        fut = loop.run_in_executor(self._pool, _postprocess, frames, dets, self.spec, self.metrics)
         await self._pending.put((frames, fut))
         self.metrics.queue_depth.labels(queue="publish").set(self._pending.qsize())
 
@@ -151,28 +138,32 @@ class Publisher:
             frames, fut = item
             self.metrics.queue_depth.labels(queue="publish").set(self._pending.qsize())
             try:
-                messages = await fut
+                results: list[FrameResult] = await fut
             except Exception:
                 log.exception("postprocessing a batch of %d frames failed; frames dropped", len(frames))
                 for f in frames:
                     if self.active(f.stream):
                         self.metrics.frames_dropped.labels(stream=f.stream, reason="inference_error").inc()
                 continue
-            for frame, by_encoding in zip(frames, messages, strict=True):
+            start = time.thread_time()
+            for frame, result in zip(frames, results, strict=True):
                 if self.active(frame.stream):
-                    self._publish(frame, by_encoding)
+                    self._publish(frame, result)
+            self.metrics.stage_cpu.labels("publish").inc(time.thread_time() - start)
         self._pool.shutdown(wait=False)
 
-    def _publish(self, frame: Frame, by_encoding: dict[MaskEncoding, dict[str, Any]]) -> None:
+    def _publish(self, frame: Frame, result: FrameResult) -> None:
         for sink in self.sinks:
-            sink.publish(by_encoding[sink.encoding])
+            sink.publish(result.messages[sink.encoding])
         self.published[frame.stream] += 1
         m = self.metrics
         m.frames_published.labels(stream=frame.stream).inc()
         m.end_to_end_latency.labels(stream=frame.stream).observe(max(0.0, time.time() - frame.capture_time))
-        classes = Counter(inst["class"] for inst in next(iter(by_encoding.values()))["instances"])
+        classes = Counter(class_name(self.spec.class_names, label) for label in result.detections.labels.tolist())
         for name, count in classes.items():
             m.instances.labels(stream=frame.stream, **{"class": name}).inc(count)
+        for reason, count in result.dropped.items():
+            m.instances_dropped.labels(stream=frame.stream, reason=reason).inc(count)
 
 
 async def run_pipeline(batcher: Batcher, worker: InferenceWorker, publisher: Publisher,

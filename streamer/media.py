@@ -1,11 +1,12 @@
 """Decoded frames of media files: videos and still images, read with PyAV.
 
 ``open_media`` opens a file and returns a ``MediaReader``: its ``info`` (size, frame count,
-frame rate) is known before the first frame, and iterating it yields ``Frame``s in
-presentation order::
+frame rate) is known before the first frame, and iterating it yields
+:class:`~streamer.frames.Frame` objects in presentation order (decoded by
+:func:`streamer.decode.decode_video`, the decode loop live sources use too)::
 
     with open_media("clip.mp4") as reader:
-        for index, pts, image in reader:     # 0, 0.0, uint8[H, W, 3] RGB; 1, 0.04, ...
+        for frame in reader:                 # frame.index 0, frame.pts 0.0, frame.image uint8[H, W, 3]
             ...
 
 Anything PyAV (FFmpeg) decodes works: mp4/mkv/webm/avi/mov/animated gif with H.264, H.265,
@@ -13,12 +14,14 @@ VP9, MPEG-4, MJPEG, ...; png/jpg/webp images are one-frame media with ``pts = No
 
 Every failure is a ``MediaError(path, reason)``: at ``open_media`` for a missing, unreadable
 or non-media file, and from the iteration for a file that ends early (after the frames
-that do decode). This module is about files; the daemon's live sources live elsewhere.
+that do decode). Used by ``streamer process`` and by the daemon's file sources; live streams are opened in
+:mod:`streamer.sources`.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +29,12 @@ from types import TracebackType
 from typing import Any, Literal
 
 import av
+import av.codec.hwaccel
 import av.container
 import av.video.stream
-import numpy as np
-import numpy.typing as npt
+
+from streamer.decode import DecodeStats, decode_video
+from streamer.frames import Frame
 
 MediaKind = Literal["video", "image"]
 
@@ -55,21 +60,6 @@ class MediaError(Exception):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One decoded frame; unpacks as ``index, pts, image = frame``."""
-
-    index: int
-    """0-based position in presentation order."""
-    pts: float | None
-    """Presentation time in seconds; None for still images and frames without a timestamp."""
-    image: npt.NDArray[np.uint8]
-    """``uint8[H, W, 3]`` RGB, C-contiguous."""
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.index, self.pts, self.image))
 
 
 @dataclass(frozen=True)
@@ -114,8 +104,10 @@ class MediaReader:
     """
 
     def __init__(self, path: str | os.PathLike[str], container: av.container.InputContainer,
-                 stream: av.video.stream.VideoStream, info: MediaInfo) -> None:
+                 stream: av.video.stream.VideoStream, info: MediaInfo, name: str | None = None) -> None:
         self.path = str(path)
+        self.name = self.path if name is None else name
+        """The frames' ``stream`` and ``source`` (default: the path)."""
         self.info = info
         self._container = container
         self._stream = stream
@@ -128,6 +120,11 @@ class MediaReader:
                  tb: TracebackType | None) -> None:
         self.close()
 
+    @property
+    def codec_context(self) -> Any:
+        """The video decoder's ``av.CodecContext`` (name, size, ``is_hwaccel``)."""
+        return self._stream.codec_context
+
     def close(self) -> None:
         """Close the container. Idempotent."""
         self._container.close()
@@ -137,34 +134,26 @@ class MediaReader:
             raise RuntimeError(f"{self.path}: a MediaReader iterates once; open the file again to re-read it")
         self._consumed = True
         still = self.info.kind == "image"
-        count = packets = 0
-        last_time: float | None = None
-        incomplete_packet = False
+        stats = DecodeStats()
         try:
-            for packet in self._container.demux(self._stream):
-                incomplete_packet = incomplete_packet or packet.is_corrupt
-                packets += packet.size > 0  # the final flush packet is empty
-                for frame in packet.decode():
-                    last_time = frame.time
-                    image = np.ascontiguousarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
-                    yield Frame(count, None if still else frame.time, image)
-                    count += 1
+            for pts, image in decode_video(self._container, self._stream, stats):
+                yield Frame(self.name, self.name, stats.frames - 1, None if still else pts,
+                            time.time(), time.monotonic(), image)
         except av.FFmpegError as err:
-            raise MediaError(self.path, _truncation(count, _ffmpeg_reason(err))) from err
-        problem = self._shortfall(count, packets, last_time, incomplete_packet)
+            raise MediaError(self.path, _truncation(stats.frames, _ffmpeg_reason(err))) from err
+        problem = self._shortfall(stats)
         if problem is not None:
-            raise MediaError(self.path, _truncation(count, problem))
+            raise MediaError(self.path, _truncation(stats.frames, problem))
 
-    def _shortfall(self, count: int, packets: int, last_time: float | None,
-                   incomplete_packet: bool) -> str | None:
+    def _shortfall(self, stats: DecodeStats) -> str | None:
         """Why a stream that ended without an FFmpeg error is still incomplete; None if it is not.
 
         Compares the container's claims with what was read: packets, not decoded frames, against
         the declared frame count, since decoders may legitimately drop a few frames (e.g. HEVC
         leading pictures of an open GOP).
         """
-        info = self.info
-        if incomplete_packet:
+        info, count, packets, last_time = self.info, stats.frames, stats.packets, stats.last_time
+        if stats.corrupt:
             return "the file ends inside a packet (incomplete data)"
         if info.frame_count is not None and packets < info.frame_count:
             return (f"the container declares {info.frame_count} frames but holds only {packets} "
@@ -186,37 +175,42 @@ def _truncation(decoded: int, reason: str) -> str:
     return f"truncated after frame {decoded - 1}: {reason}"
 
 
-def open_media(path: str | os.PathLike[str]) -> MediaReader:
+def open_media(path: str | os.PathLike[str], *, name: str | None = None, input_format: str | None = None,
+               options: dict[str, str] | None = None, hwaccel: str | None = None) -> MediaReader:
     """Open a video or image file for decoding (PyAV, frame-threaded decoding).
 
+    ``name`` labels the frames (default: the path); ``input_format``, ``options`` and
+    ``hwaccel`` (a hardware decoder device type, software fallback allowed) go to FFmpeg.
     Raises ``MediaError`` when the file is missing, unreadable, not a media file, or holds
     no video stream. The reason is FFmpeg's or the OS's message, without the path.
     """
-    name = str(path)
-    if Path(name).is_dir():
-        raise MediaError(name, "is a directory, not a media file")
+    where = str(path)
+    if Path(where).is_dir():
+        raise MediaError(where, "is a directory, not a media file")
+    accel = (av.codec.hwaccel.HWAccel(device_type=hwaccel, allow_software_fallback=True)
+             if hwaccel else None)
     try:
-        container = av.open(name, mode="r")
+        container = av.open(where, mode="r", format=input_format, options=options or {}, hwaccel=accel)
     except FileNotFoundError as err:
-        raise MediaError(name, "no such file") from err
+        raise MediaError(where, "no such file") from err
     except PermissionError as err:
-        raise MediaError(name, "permission denied") from err
+        raise MediaError(where, "permission denied") from err
     except av.FFmpegError as err:
-        raise MediaError(name, f"not a readable video or image ({_ffmpeg_reason(err)})") from err
+        raise MediaError(where, f"not a readable video or image ({_ffmpeg_reason(err)})") from err
     except OSError as err:
-        raise MediaError(name, f"cannot read: {err.strerror or err}") from err
+        raise MediaError(where, f"cannot read: {err.strerror or err}") from err
     if container.format.name in NON_MEDIA_FORMATS:
         fmt = container.format.name
         container.close()
-        raise MediaError(name, f"not a readable video or image (FFmpeg reads it as {fmt!r} text)")
+        raise MediaError(where, f"not a readable video or image (FFmpeg reads it as {fmt!r} text)")
     if not container.streams.video:
         kinds: list[str] = sorted({s.type for s in container.streams}) or ["none"]
         container.close()
-        raise MediaError(name, f"no video stream (streams: {', '.join(kinds)})")
+        raise MediaError(where, f"no video stream (streams: {', '.join(kinds)})")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
-    info = _media_info(name, container, stream)
-    return MediaReader(name, container, stream, info)
+    info = _media_info(where, container, stream)
+    return MediaReader(where, container, stream, info, name)
 
 
 def _media_info(path: str, container: av.container.InputContainer,

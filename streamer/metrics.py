@@ -29,6 +29,11 @@ STREAM_STATES: tuple[str, ...] = get_args(StreamState)
 DropReason = Literal["queue_full", "stale", "shutdown", "inference_error"]
 DROP_REASONS: tuple[str, ...] = get_args(DropReason)
 
+INSTANCE_DROP_REASONS = ("nonfinite", "inverted")
+"""Why an instance a runner returned is not published (``engines.runner.Detections.invalid``)."""
+PIPELINE_STAGES = ("decode", "inference", "postprocess", "publish")
+"""Stages of ``streamer_stage_cpu_seconds_total``, in pipeline order."""
+
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32)
 INFERENCE_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0)
 END_TO_END_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -77,6 +82,15 @@ class StreamerMetrics:
         self.instances = Counter(
             "streamer_instances", "Instances detected (after the score threshold), by class.",
             ["stream", "class"], registry=r)
+        self.instances_dropped = Counter(
+            "streamer_instances_dropped",
+            "Instances a runner returned that cannot be published, by reason (nonfinite: a NaN or "
+            "infinite box or score; inverted: x2 < x1 or y2 < y1).",
+            ["stream", "reason"], registry=r)
+        self.stage_cpu = Counter(
+            "streamer_stage_cpu_seconds",
+            "CPU time spent in each pipeline stage (decode, inference, postprocess, publish), "
+            "summed over its threads.", ["stage"], registry=r)
         # Sinks.
         self.sink_sent = Counter(
             "streamer_sink_messages_sent", "Messages a sink delivered to its transport.", ["sink"], registry=r)
@@ -90,6 +104,8 @@ class StreamerMetrics:
             "streamer_sink_connected", "1 while the sink is connected (bound, file open), else 0.",
             ["sink"], registry=r)
         self.info = Info("streamer_build", "Version and model of the running daemon.", registry=r)
+        for stage in PIPELINE_STAGES:
+            self.stage_cpu.labels(stage)
 
     def set_info(self, version: str, backend: str, device: str, model: str) -> None:
         """Publish ``streamer_build_info{version,backend,device,model} 1``."""
@@ -109,13 +125,15 @@ class StreamerMetrics:
             counter.labels(stream)
         for reason in DROP_REASONS:
             self.frames_dropped.labels(stream, reason)
+        for reason in INSTANCE_DROP_REASONS:
+            self.instances_dropped.labels(stream, reason)
         self.set_stream_state(stream, "connecting")
 
     def remove_stream(self, stream: str) -> None:
         """Remove every series labelled ``stream`` (a source removed by a config reload)."""
         for metric in (self.frames_decoded, self.frames_inferred, self.frames_published,
                        self.frames_dropped, self.decode_errors, self.reconnects, self.stream_state,
-                       self.input_fps, self.end_to_end_latency, self.instances):
+                       self.input_fps, self.end_to_end_latency, self.instances, self.instances_dropped):
             metric.remove_by_labels({"stream": stream})
 
     def init_sink(self, sink: str) -> None:

@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import TextIO
 
 import av
-import numpy as np
-import numpy.typing as npt
 
 from engines.runner import Runner
 from streamer.annotate import AnnotateTarget, FrameWriter, draw_detections
-from streamer.media import Frame, MediaError, open_media
+from streamer.frames import Frame
+from streamer.media import MediaError, open_media
+from streamer.messages import MessageSpec, batch_results
 from streamer.progress import progress
-from streamer.schema import MaskEncoding, dumps, frame_message
+from streamer.schema import MaskEncoding, dumps
 
 logger = logging.getLogger(__name__)
 
@@ -203,23 +203,20 @@ def _infer_batch(source: str, batch: Sequence[Frame], runner: Runner, out: TextI
         dets = runner.infer([f.image for f in batch])
     except ValueError as err:  # e.g. engines.static_io.FrameSizeError: a size the engine was not built for
         raise MediaError(source, f"frame {batch[0].index}: {err}") from err
-    if len(dets) != len(batch):
-        raise RuntimeError(f"runner {runner.info.name!r} returned {len(dets)} detections for "
-                           f"{len(batch)} frames; a Runner must return one per frame")
     names = runner.info.class_names
-    for frame, det in zip(batch, dets, strict=True):
-        kept = det.filter(options.score_threshold)
-        need_masks = options.mask_encoding != "none" or writer is not None
-        masks: npt.NDArray[np.bool_] | None = kept.paste() if need_masks else None
-        msg = frame_message(source, frame.index, frame.pts, kept,
-                            masks if options.mask_encoding != "none" else None, names,
-                            encoding=options.mask_encoding)
-        out.write(dumps(msg) + "\n")
+    spec = MessageSpec(names, frozenset({options.mask_encoding}), options.score_threshold, live=False)
+    for frame, result in zip(batch, batch_results(batch, dets, spec, need_masks=writer is not None),
+                             strict=True):
+        if result.dropped:
+            logger.warning("%s frame %d: dropped invalid instances from the runner: %s", source, frame.index,
+                           ", ".join(f"{n} {reason}" for reason, n in result.dropped.items()))
+        out.write(dumps(result.messages[options.mask_encoding]) + "\n")
         if writer is not None:
-            floor = options.annotate_threshold or 0.0  # None: everything kept is drawn
-            shown = np.asarray(kept.scores >= floor)
-            writer.write(draw_detections(frame.image, kept.filter(floor),
-                                         None if masks is None else masks[shown], names))
+            kept = result.detections
+            shown = kept.scores >= (options.annotate_threshold or 0.0)  # None: everything kept is drawn
+            masks = None if result.masks is None else [m for m, s in zip(result.masks, shown.tolist(),
+                                                                           strict=True) if s]
+            writer.write(draw_detections(frame.image, kept.select(shown), masks, names))
     out.flush()
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from pycocotools import mask as mask_utils
 
+from engines.masks import BoxMask
 from engines.runner import Detections
 from streamer.polygons import mask_to_polygons
 
@@ -27,8 +28,45 @@ SCHEMA_ID = "maskrcnn-streamer/frame/1"
 MaskEncoding = Literal["rle", "polygon", "none"]
 
 
+def rle_counts(bm: BoxMask, height: int, width: int) -> npt.NDArray[np.int64]:
+    """Uncompressed COCO RLE counts of ``bm`` placed in a ``height × width`` frame.
+
+    COCO RLE runs over the frame in column-major order, alternating zeros and ones, starting
+    with zeros (a leading 0 when pixel (0, 0) is set). Only the box is read: each box column,
+    padded with a zero above and below, gives its value changes; a change at row ``r`` of column
+    ``c`` is at frame position ``(x0 + c) * H + y0 + r``. The zero runs between boxes and
+    columns are the differences of those positions. Where a column ends set at the bottom row
+    and the next one starts set at the top row, the two changes meet and cancel.
+    """
+    total = height * width
+    h, w = bm.mask.shape
+    if h == 0 or w == 0:
+        return np.array([total], dtype=np.int64)
+    cols = np.zeros((w, h + 2), dtype=np.int8)
+    cols[:, 1:-1] = bm.mask.T
+    c, r = np.nonzero(np.diff(cols, axis=1))
+    pos = (c.astype(np.int64) + bm.x0) * height + bm.y0 + r
+    if pos.size > 1:
+        meet = np.flatnonzero(pos[1:] == pos[:-1])
+        if meet.size:
+            pos = np.delete(pos, np.concatenate([meet, meet + 1]))
+    if pos.size and pos[-1] == total:  # the last pixel is set: no trailing zero run
+        pos = pos[:-1]
+    return np.diff(pos, prepend=0, append=total)
+
+
+def encode_box_rle(bm: BoxMask, height: int, width: int) -> dict[str, Any]:
+    """One box-local mask → its full-frame COCO compressed RLE ``{"size": [H, W], "counts": str}``.
+
+    Byte-identical to pycocotools' ``encode`` of the full-frame mask, without making it.
+    """
+    counts = rle_counts(bm, height, width)
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
 def encode_rle(masks: npt.NDArray[np.bool_]) -> list[dict[str, Any]]:
-    """``bool[K, H, W]`` → K COCO compressed RLEs ``{"size": [H, W], "counts": str}``."""
+    """``bool[K, H, W]`` → K COCO compressed RLEs ``{"size": [H, W], "counts": str}`` (reference encoder)."""
     if masks.shape[0] == 0:
         return []
     fortran = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))
@@ -47,26 +85,41 @@ def encode_polygons(mask: npt.NDArray[np.bool_]) -> list[list[float]]:
     return mask_to_polygons(mask)
 
 
+def encode_box_polygons(bm: BoxMask) -> list[list[float]]:
+    """:func:`encode_polygons` of a box-local mask, in frame coordinates (equal to the full-frame result)."""
+    polygons = mask_to_polygons(bm.mask)
+    for poly in polygons:
+        poly[0::2] = [x + bm.x0 for x in poly[0::2]]
+        poly[1::2] = [y + bm.y0 for y in poly[1::2]]
+    return polygons
+
+
+def class_name(class_names: Sequence[str], label: int) -> str:
+    """The name of class ``label``, or the label as text when the model names no such class."""
+    return class_names[label] if 0 <= label < len(class_names) else str(label)
+
+
 def frame_message(
     source: str,
     frame_index: int,
     pts: float | None,
     det: Detections,
-    masks: npt.NDArray[np.bool_] | None,
+    masks: Sequence[BoxMask] | None,
     class_names: Sequence[str],
     encoding: MaskEncoding = "rle",
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the frame message for one frame.
 
-    ``masks`` is ``bool[K, H, W]`` (pasted, aligned with ``det``) or None when ``encoding`` is "none".
-    ``extra`` adds keys (the daemon adds ``stream`` and ``capture_time``).
+    ``masks`` are the box-local masks aligned with ``det`` (:meth:`Detections.box_masks`), or
+    None when ``encoding`` is "none". ``extra`` adds keys (the daemon adds ``stream`` and
+    ``capture_time``).
     """
     h, w = det.image_size
     if encoding == "rle" and masks is not None:
-        mask_json: list[Any] = encode_rle(masks)
+        mask_json: list[Any] = [encode_box_rle(m, h, w) for m in masks]
     elif encoding == "polygon" and masks is not None:
-        mask_json = [{"polygons": encode_polygons(m)} for m in masks]
+        mask_json = [{"polygons": encode_box_polygons(m)} for m in masks]
     else:
         mask_json = [None] * len(det)
     instances = []
@@ -74,7 +127,7 @@ def frame_message(
         label = int(det.labels[i])
         inst: dict[str, Any] = {
             "label": label,
-            "class": class_names[label] if 0 <= label < len(class_names) else str(label),
+            "class": class_name(class_names, label),
             "score": round(float(det.scores[i]), 5),
             "box": [round(float(v), 2) for v in det.boxes[i]],
         }

@@ -1,8 +1,10 @@
 """Decoded frames of live streams and files: one decode thread per source.
 
 A :class:`SourceWorker` owns a thread named ``decode-<stream>`` that opens the URL with PyAV
-(frame threading on, optional hardware decoding), decodes RGB frames and hands each one to the
-asyncio loop through :class:`LoopHandoff` (``loop.call_soon_threadsafe`` into the stream's
+(frame threading on, optional hardware decoding), decodes RGB frames with the one decode loop
+(:func:`streamer.decode.decode_video`; files through :func:`streamer.media.open_media`, as
+``streamer process`` reads them, so a truncated or non-media file fails the same way) and hands
+each one to the asyncio loop through :class:`~streamer.batching.LoopHandoff` (into the stream's
 bounded :class:`~streamer.batching.StreamQueue`). ``stop()`` sets a ``threading.Event``;
 ``join()`` waits for the thread.
 
@@ -20,15 +22,13 @@ backoff with full jitter, never a tight loop); a connection that delivered frame
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import av
 import av.codec.hwaccel
@@ -36,85 +36,21 @@ import av.container
 import numpy as np
 import numpy.typing as npt
 
+from streamer.batching import LoopHandoff
 from streamer.config import SourceConfig
+from streamer.decode import StallError, decode_video
+from streamer.frames import Frame
+from streamer.media import MediaError, MediaReader, open_media
 from streamer.metrics import StreamerMetrics, StreamState
 from streamer.redact import redact_url
 
-if TYPE_CHECKING:
-    from streamer.batching import StreamQueue
-
 log = logging.getLogger("streamer.sources")
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One decoded frame on its way to inference."""
-
-    stream: str
-    """Configured stream name."""
-    source: str
-    """The source URL with credentials redacted (message key ``source``)."""
-    index: int
-    """Per-stream sequence number from 0, continuing across reconnects, loops and restarts."""
-    pts: float | None
-    """Presentation time in seconds of the source stream (None if the stream has none)."""
-    capture_time: float
-    """Unix time (s) when the frame was decoded: the start of end-to-end latency."""
-    received: float
-    """``time.monotonic()`` at decode, for the staleness budget."""
-    image: npt.NDArray[np.uint8] = field(repr=False)
-    """``uint8[H, W, 3]`` RGB."""
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(H, W)``."""
-        return int(self.image.shape[0]), int(self.image.shape[1])
-
-
-class StallError(Exception):
-    """Packets arrive but no frame decodes within the stall timeout."""
+_T = TypeVar("_T")
 
 
 def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
     """Full-jitter exponential backoff: uniform in ``[0, min(max_s, initial_s * 2**attempt)]`` seconds."""
     return rng.uniform(0.0, min(max_s, initial_s * 2.0 ** min(attempt, 32)))
-
-
-class LoopHandoff:
-    """Hands frames from a decode thread to the stream's queue on the event loop.
-
-    Live streams never wait (the queue drops its oldest frame when full); file streams wait
-    for room (``run_coroutine_threadsafe(queue.put(...))``), polling ``stop`` so that a
-    stopped worker never hangs on a full queue.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: StreamQueue, stop: threading.Event) -> None:
-        self.loop, self.queue, self.stop = loop, queue, stop
-
-    def deliver(self, frame: Frame) -> bool:
-        """Queue ``frame``; False if the worker was stopped (or the loop closed) meanwhile."""
-        try:
-            if self.queue.drops:
-                self.loop.call_soon_threadsafe(self.queue.offer, frame)
-                return not self.stop.is_set()
-            fut = asyncio.run_coroutine_threadsafe(self.queue.put(frame), self.loop)
-        except RuntimeError:  # loop closed: the daemon is gone
-            return False
-        while True:
-            try:
-                fut.result(timeout=0.1)
-                return True
-            except concurrent.futures.TimeoutError:
-                if self.stop.is_set():
-                    fut.cancel()
-                    return False
-            except concurrent.futures.CancelledError:
-                return False
-
-    def end(self) -> None:
-        """End-of-stream sentinel: the queue closes once its frames are taken."""
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.queue.close)
 
 
 class SourceWorker:
@@ -141,6 +77,7 @@ class SourceWorker:
         """Hardware decoder device type; None once it proved unavailable."""
         self._reported_decoder = False
         self._fps_window = (time.monotonic(), 0)
+        self._cpu_mark = 0.0
         self.thread = threading.Thread(target=self._run, name=f"decode-{cfg.name}", daemon=True)
 
     def start(self) -> None:
@@ -159,20 +96,21 @@ class SourceWorker:
     # -- the thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
+        self._cpu_mark = time.thread_time()
         attempt = 0
         try:
             while not self.stop_event.is_set():
                 self._set_state("connecting")
                 up_since: float | None = None
                 try:
-                    with self._open() as container:
+                    with self._open() as frames:
                         self._set_state("up")
                         up_since = time.monotonic()
-                        finished = self._decode(container)
+                        finished = self._deliver_all(frames)
                     if self.stop_event.is_set() or (finished and self.cfg.kind == "file"):
                         break
                     reason = "end of stream"  # a live stream that ends is reconnected
-                except (av.FFmpegError, OSError, StallError, ValueError) as err:
+                except (av.FFmpegError, OSError, StallError, ValueError, MediaError) as err:
                     if self.stop_event.is_set():
                         break
                     self.metrics.decode_errors.labels(stream=self.name).inc()
@@ -201,81 +139,99 @@ class SourceWorker:
         finally:
             self.handoff.end()
 
-    def _open(self) -> av.container.InputContainer:
-        url = self.cfg.resolved_url()
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[Iterator[tuple[float | None, npt.NDArray[np.uint8]]]]:
+        """Open the source (raising if it cannot be opened); yields its ``(pts, image)`` frames.
+
+        A file is read through :func:`~streamer.media.open_media` (a looping file is opened again
+        at its end); a live stream is opened here with PyAV's open and read timeouts.
+        """
+        if self.cfg.kind == "file":
+            reader = self._with_hwaccel(self._open_file)
+            try:
+                yield self._file_frames(reader)
+            finally:
+                reader.close()
+            return
+        container = self._with_hwaccel(self._open_live)
+        try:
+            stream = container.streams.video[0]
+            self._report_decoder(stream.codec_context)
+            yield decode_video(container, stream, stall_timeout_s=self.cfg.stall_timeout_s)
+        finally:
+            container.close()
+
+    def _open_file(self, hwaccel: str | None) -> MediaReader:
+        reader = open_media(self.cfg.resolved_url(), name=self.display_url, input_format=self.cfg.input_format,
+                            options=dict(self.cfg.options), hwaccel=hwaccel)
+        self._report_decoder(reader.codec_context)
+        return reader
+
+    def _file_frames(self, reader: MediaReader) -> Iterator[tuple[float | None, npt.NDArray[np.uint8]]]:
+        while True:
+            for frame in reader:
+                yield frame.pts, frame.image
+            if not self.cfg.loop or self.stop_event.is_set():
+                return
+            reader.close()
+            reader = self._open_file(self._hwaccel)
+
+    def _open_live(self, hwaccel: str | None) -> av.container.InputContainer:
         options = dict(self.cfg.options)
         if self.cfg.transport:
             options["rtsp_transport"] = self.cfg.transport
-        kwargs: dict[str, Any] = {"options": options, "format": self.cfg.input_format}
-        if self.cfg.kind == "live":
-            kwargs["timeout"] = (self.cfg.open_timeout_s, self.cfg.stall_timeout_s)
-        hwaccel = None
-        if self._hwaccel:
-            hwaccel = av.codec.hwaccel.HWAccel(device_type=self._hwaccel, allow_software_fallback=True)
-        try:
-            container = av.open(url, hwaccel=hwaccel, **kwargs)
-        except av.FFmpegError as err:
-            if hwaccel is None:
-                raise
-            container = av.open(url, **kwargs)  # raises again if the input, not the device, fails
-            log.warning("stream %s: hwaccel %s unavailable (%s); software decoding",
-                        self.name, self._hwaccel, self._describe(err))
-            self._hwaccel, self._reported_decoder = None, True
+        accel = av.codec.hwaccel.HWAccel(device_type=hwaccel, allow_software_fallback=True) if hwaccel else None
+        container = av.open(self.cfg.resolved_url(), options=options, format=self.cfg.input_format,
+                            timeout=(self.cfg.open_timeout_s, self.cfg.stall_timeout_s), hwaccel=accel)
         if not container.streams.video:
             container.close()
             raise ValueError("no video stream in the input")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        container.streams.video[0].thread_type = "AUTO"
+        return container
+
+    def _with_hwaccel(self, open_fn: Callable[[str | None], _T]) -> _T:
+        """``open_fn(hwaccel)``; if the hardware decoder fails, once more with software decoding."""
+        if not self._hwaccel:
+            return open_fn(None)
+        try:
+            return open_fn(self._hwaccel)
+        except (av.FFmpegError, MediaError) as err:
+            opened = open_fn(None)  # raises again if the input, not the device, fails
+            log.warning("stream %s: hwaccel %s unavailable (%s); software decoding",
+                        self.name, self._hwaccel, self._describe(err))
+            self._hwaccel, self._reported_decoder = None, True
+            return opened
+
+    def _report_decoder(self, ctx: Any) -> None:
         if not self._reported_decoder:
-            ctx = stream.codec_context
             how = f"hardware decoding ({self._hwaccel})" if ctx.is_hwaccel else "software decoding"
             log.info("stream %s: %s, codec %s, %dx%d", self.name, how, ctx.name, ctx.width, ctx.height)
             self._reported_decoder = True
-        return container
 
-    def _decode(self, container: av.container.InputContainer) -> bool:
-        """Decode until the end (True), a stop request (False) or an error (raises).
+    def _deliver_all(self, frames: Iterator[tuple[float | None, npt.NDArray[np.uint8]]]) -> bool:
+        """Hand every frame to the loop until the end (True) or a stop request (False); errors raise.
 
-        A looping file seeks back to its start at the end instead of returning.
+        A ``realtime`` file is paced at its frame rate (from its timestamps).
         """
-        while True:
-            if not self._decode_pass(container):
-                return False
-            if not (self.cfg.loop and self.cfg.kind == "file"):
-                return True
-            container.seek(0)
-
-    def _decode_pass(self, container: av.container.InputContainer) -> bool:
-        stream = container.streams.video[0]
-        stall = self.cfg.stall_timeout_s
-        last_frame = time.monotonic()
         pace_origin: tuple[float, float] | None = None  # (monotonic, media time) of the first frame
         pace = self.cfg.kind == "file" and self.cfg.realtime
-        for packet in container.demux(stream):
-            if self.stop_event.is_set():
-                return False
-            frames = packet.decode()
-            if not frames:
-                if packet.size and time.monotonic() - last_frame > stall:
-                    raise StallError(f"no frame decoded for {stall:g} s")
-                continue
-            for vf in frames:
-                media_t = float(vf.time) if vf.time is not None else None
-                if pace and media_t is not None:
-                    if pace_origin is None:
-                        pace_origin = (time.monotonic(), media_t)
-                    wait = pace_origin[0] + (media_t - pace_origin[1]) - time.monotonic()
-                    if wait > 0 and self.stop_event.wait(wait):
-                        return False
-                image = vf.to_ndarray(format="rgb24").astype(np.uint8, copy=False)
-                if not self._emit(media_t, image):
+        for media_t, image in frames:
+            if pace and media_t is not None:
+                if pace_origin is None or media_t < pace_origin[1]:  # first frame, or a loop restarted
+                    pace_origin = (time.monotonic(), media_t)
+                wait = pace_origin[0] + (media_t - pace_origin[1]) - time.monotonic()
+                if wait > 0 and self.stop_event.wait(wait):
                     return False
-            last_frame = time.monotonic()
-        return True
+            if not self._emit(media_t, image):
+                return False
+        return not self.stop_event.is_set()
 
     def _emit(self, pts: float | None, image: npt.NDArray[np.uint8]) -> bool:
         if self.stop_event.is_set():
             return False
+        cpu = time.thread_time()  # this thread's CPU since the last frame: demux, decode, RGB
+        self.metrics.stage_cpu.labels("decode").inc(cpu - self._cpu_mark)
+        self._cpu_mark = cpu
         frame = Frame(self.name, self.display_url, self.next_index, pts, time.time(), time.monotonic(), image)
         self.metrics.frames_decoded.labels(stream=self.name).inc()
         self._count_fps()

@@ -1,8 +1,8 @@
 """Issue 4's end-to-end criteria on many unseen generated videos, not one.
 
 Each video (seeds ``EVAL_VIDEO_SEED_BASE + i``, disjoint from every training seed) is encoded as
-H.264, decoded with PyAV and run through the runner exactly as ``streamer process`` does (score
->= 0.5, masks pasted at 0.5). Ground-truth instances of >= 400 px are matched greedily by mask IoU
+H.264, decoded with PyAV and run through the runner and ``streamer.messages`` exactly as ``streamer process`` does
+(score >= 0.5, masks pasted at 0.5). Ground-truth instances of >= 400 px are matched greedily by mask IoU
 (``streamer.demo.matching``); the figures are found / total, mean IoU of the found, classes right,
 the same for shapes cut by the frame border, and the class confusion.
 
@@ -30,6 +30,7 @@ from streamer.demo.matching import MatchTally, match_frame
 from streamer.demo.shapes import CLASS_NAMES
 from streamer.demo.video import generate_video
 from streamer.media import open_media
+from streamer.messages import MessageSpec, frame_result
 from streamer.process_cli import ProcessOptions
 
 EVAL_VIDEO_SEED_BASE = 3_000_000
@@ -51,6 +52,7 @@ def main() -> None:
         if args.weights is not None:
             model = package(args.weights, Path(tmp) / "candidate.safetensors", source=str(args.weights))
         runner = load_runner(model)
+        spec = MessageSpec(runner.info.class_names, frozenset({"none"}), SCORE_THRESHOLD, live=False)
         tally = MatchTally()
         per_video = []
         t0 = time.time()
@@ -60,11 +62,13 @@ def main() -> None:
             gt = generate_video(path, seed=seed, seconds=args.seconds)
             video = MatchTally()
             for frame in open_media(str(path)):
-                det = runner.infer([frame.image])[0].filter(SCORE_THRESHOLD)
+                result = frame_result(frame, runner.infer([frame.image])[0], spec, need_masks=True)
+                assert result.masks is not None
                 anns = [a for a in gt["annotations"] if a["image_id"] == frame.index]
                 matches = match_frame([mask_utils.decode(a["segmentation"]).astype(bool) for a in anns],
-                                      [a["category_id"] for a in anns], list(det.paste()),
-                                      det.labels.tolist())
+                                      [a["category_id"] for a in anns],
+                                      [m.to_full(*frame.size) for m in result.masks],
+                                      result.detections.labels.tolist())
                 video.add(matches)
             tally.add(video.matches)
             s = video.summary()

@@ -125,6 +125,11 @@ class NotifyListener:
         self.sock.close()
 
 
+DAEMON_ENV = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+"""Environment of the daemon under test. One intra-op thread: the test machine's 2 cores are
+shared; spinning OpenMP threads under contention make inference many times slower."""
+
+
 class DaemonProcess:
     """``python -m streamer.cli run ARGS`` with stderr in a log file (stdout discarded or to a file)."""
 
@@ -133,9 +138,7 @@ class DaemonProcess:
         self.log_path = tmp / "daemon.log"
         self._log = self.log_path.open("w")
         self._out = stdout.open("w") if stdout is not None else subprocess.DEVNULL
-        # One intra-op thread: the test machine's 2 cores are shared; spinning OpenMP threads
-        # under contention make inference many times slower.
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+        full_env = {**os.environ, **DAEMON_ENV, **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamer.cli", "run", *args], cwd=REPO, env=full_env,
             stdout=self._out, stderr=self._log)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engines.masks import BoxMask
 from engines.runner import Detections
 from streamer.annotate import (
     AnnotateTarget,
@@ -47,7 +48,7 @@ def test_mask_pixels_are_blended_with_the_class_colour() -> None:
     src = source_frame(0)
     det = _detections([[20, 20, 70, 52]], [0.9], [1])
     mask = _disk(45, 36, 10)
-    out = draw_detections(src, det, mask[None], NAMES)
+    out = draw_detections(src, det, [BoxMask(0, 0, mask)], NAMES)
     colour = np.array(class_color(1), np.float64)
     expected = 0.5 * src[mask] + 0.5 * colour
     assert np.abs(out[mask] - expected).max() <= 0.5 + 1e-9
@@ -88,7 +89,7 @@ def test_most_confident_instance_is_drawn_on_top() -> None:
     src = source_frame(0)
     det = _detections([[10, 20, 60, 60], [30, 20, 90, 60]], [0.4, 0.8], [1, 2])
     masks = np.stack([_disk(40, 40, 12), _disk(50, 40, 12)])
-    out = draw_detections(src, det, masks, NAMES)
+    out = draw_detections(src, det, [BoxMask(0, 0, m) for m in masks], NAMES)
     y, x = 40, 45  # in both masks
     low, high = np.array(class_color(1)), np.array(class_color(2))
     expected = 0.5 * (0.5 * src[y, x] + 0.5 * low) + 0.5 * high
@@ -97,8 +98,10 @@ def test_most_confident_instance_is_drawn_on_top() -> None:
 
 def test_masks_must_match_detections_and_image() -> None:
     det = _detections([[0, 0, 10, 10]], [0.9], [1])
-    with pytest.raises(ValueError, match=r"bool\[K=1, H=64, W=96\].*\(1, 32, 48\)"):
-        draw_detections(source_frame(0), det, np.zeros((1, 32, 48), bool), NAMES)
+    with pytest.raises(ValueError, match=r"one box mask per detection \(1\), got 2"):
+        draw_detections(source_frame(0), det, [BoxMask(0, 0, np.zeros((4, 4), bool))] * 2, NAMES)
+    with pytest.raises(ValueError, match=r"mask 0 \(32x48 at x=60, y=0\) does not fit the 96x64 image"):
+        draw_detections(source_frame(0), det, [BoxMask(60, 0, np.zeros((32, 48), bool))], NAMES)
 
 
 def test_class_colours_are_stable_and_distinct() -> None:
@@ -174,7 +177,7 @@ def test_png_directory_holds_exact_annotated_frames(media_dir: Path, tmp_path: P
     with open_media(media_dir / "photo.png") as reader:
         src = next(iter(reader)).image
     det = runner.infer([src])[0].filter(0.5)
-    expected = draw_detections(src, det, det.paste(), FixedRunner.CLASS_NAMES)
+    expected = draw_detections(src, det, det.box_masks(), FixedRunner.CLASS_NAMES)
     assert np.array_equal(np.asarray(Image.open(target / "photo.png")), expected)
 
 
@@ -193,7 +196,7 @@ def test_annotate_threshold_draws_only_confident_instances(media_dir: Path, tmp_
         src = next(iter(reader)).image
     det = runner.infer([src])[0].filter(0.1 if floor is None else floor)
     assert len(det) == (2 if floor is None else 1)
-    expected = draw_detections(src, det, det.paste(), FixedRunner.CLASS_NAMES)
+    expected = draw_detections(src, det, det.box_masks(), FixedRunner.CLASS_NAMES)
     assert np.array_equal(np.asarray(Image.open(target / "photo.png")), expected)
 
 

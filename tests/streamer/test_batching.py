@@ -17,11 +17,12 @@ from prometheus_client import CollectorRegistry
 
 from streamer.batching import Batcher, StreamQueue, take_fair
 from streamer.config import BatchingConfig
-from streamer.inference import InferenceWorker, MessageSpec, Publisher, run_pipeline
+from streamer.frames import Frame
+from streamer.inference import InferenceWorker, Publisher, run_pipeline
+from streamer.messages import MessageSpec
 from streamer.metrics import StreamerMetrics
 from streamer.schema import MaskEncoding
 from streamer.sinks.base import Sink
-from streamer.sources import Frame
 from tests.streamer.conftest_daemon import encode_video
 
 

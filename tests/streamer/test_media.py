@@ -8,7 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from streamer.media import Frame, MediaError, open_media
+from streamer.frames import Frame
+from streamer.media import MediaError, open_media
 from tests.streamer.media_files import (
     FPS,
     HEIGHT,
@@ -49,10 +50,11 @@ def test_decodes_every_frame_in_order(media_dir: Path, case: MediaCase) -> None:
         assert info.expected_frames == N_FRAMES
 
 
-def test_frame_unpacks_as_index_pts_image(media_dir: Path) -> None:
-    with open_media(media_dir / "h264.mp4") as reader:
-        index, pts, image = next(iter(reader))
-    assert (index, pts, image.shape) == (0, 0.0, (HEIGHT, WIDTH, 3))
+def test_frames_carry_index_pts_image_and_the_path(media_dir: Path) -> None:
+    path = str(media_dir / "h264.mp4")
+    with open_media(path) as reader:
+        f = next(iter(reader))
+    assert (f.index, f.pts, f.image.shape, f.stream, f.source) == (0, 0.0, (HEIGHT, WIDTH, 3), path, path)
 
 
 def test_frame_count_unknown_in_matroska_is_estimated_from_duration(media_dir: Path) -> None:

@@ -32,6 +32,8 @@ EXPECTED = {  # family name → (type, label names)
     "streamer_queue_depth": ("gauge", {"queue"}),
     "streamer_end_to_end_latency_seconds": ("histogram", {"stream"}),
     "streamer_instances": ("counter", {"stream", "class"}),
+    "streamer_instances_dropped": ("counter", {"stream", "reason"}),
+    "streamer_stage_cpu_seconds": ("counter", {"stage"}),
     "streamer_sink_messages_sent": ("counter", {"sink"}),
     "streamer_sink_messages_dropped": ("counter", {"sink"}),
     "streamer_sink_errors": ("counter", {"sink"}),

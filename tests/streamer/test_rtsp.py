@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamer.batching import StreamQueue
+from streamer.batching import LoopHandoff, StreamQueue
 from streamer.config import SourceConfig
+from streamer.frames import Frame
 from streamer.metrics import StreamerMetrics
-from streamer.sources import Frame, LoopHandoff, SourceWorker
+from streamer.sources import SourceWorker
 from tests.streamer.conftest_daemon import (
     DaemonProcess,
     RtspServer,

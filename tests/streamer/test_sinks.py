@@ -41,7 +41,7 @@ def sample_message(stream: str = "cam1", index: int = 0) -> dict[str, Any]:
         mask_probs=np.stack([disc, np.ones((28, 28), np.float32)]),
         image_size=(48, 64),
     )
-    return frame_message(stream, index, index / 25, det, det.paste(), CLASSES,
+    return frame_message(stream, index, index / 25, det, det.box_masks(), CLASSES,
                          extra={"stream": stream, "capture_time": 1.0e9 + index})
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamer.batching import StreamQueue
+from streamer.batching import LoopHandoff, StreamQueue
 from streamer.config import SourceConfig
+from streamer.frames import Frame
 from streamer.metrics import StreamerMetrics
-from streamer.sources import Frame, LoopHandoff, SourceWorker, backoff_delay
+from streamer.sources import SourceWorker, backoff_delay
 from tests.streamer.conftest_daemon import encode_video, free_port
 
 

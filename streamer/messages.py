@@ -1,0 +1,95 @@
+"""Detections of a frame → its published frame messages: the one postprocessing step.
+
+Used by the daemon's publisher (:mod:`streamer.inference`), by ``streamer process`` and by the
+evaluation tools, so that every path publishes the same bytes for the same detections::
+
+    result = frame_result(frame, detections, spec)
+    result.messages["rle"]        # the frame message (docs/frame-schema.json) with RLE masks
+    result.masks                  # list[BoxMask]: box-local binary masks of result.detections
+
+Steps: drop instances a runner should never return (NaN/inf or inverted boxes; counted by
+reason in ``result.dropped``), keep ``score >= score_threshold``, paste the kept instances'
+masks box-locally (:func:`engines.masks.paste_boxes`, or the runner's own device paste), then
+encode each requested mask encoding from the box-local masks. Nothing here allocates a
+full-frame array per instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engines.masks import BoxMask
+from engines.runner import Detections
+from streamer.frames import Frame
+from streamer.schema import MaskEncoding, frame_message
+
+
+@dataclass(frozen=True)
+class MessageSpec:
+    """How detections become frame messages."""
+
+    class_names: tuple[str, ...]
+    encodings: frozenset[MaskEncoding]
+    """One message per encoding the consumers need."""
+    score_threshold: float
+    """Instances scoring below this are not published, in [0, 1]."""
+    mask_threshold: float = 0.5
+    """Mask pixels with probability ``> mask_threshold`` are set."""
+    live: bool = True
+    """Add ``stream`` and ``capture_time`` to each message (the daemon's messages)."""
+
+
+@dataclass
+class FrameResult:
+    """A frame's published form."""
+
+    detections: Detections
+    """The instances published (valid, ``score >= score_threshold``)."""
+    masks: list[BoxMask] | None
+    """Their box-local masks; None when no encoding needed them and none were asked for."""
+    messages: dict[MaskEncoding, dict[str, Any]]
+    """The frame message in each encoding of the spec."""
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Instances dropped as invalid, by reason (``nonfinite``, ``inverted``); only non-zero counts."""
+
+
+def valid_detections(det: Detections) -> tuple[Detections, dict[str, int]]:
+    """``det`` without the instances :meth:`Detections.invalid` flags, and the count per reason."""
+    flags = det.invalid()
+    bad = np.zeros(len(det), dtype=bool)
+    counts: dict[str, int] = {}
+    for reason, flagged in flags.items():
+        fresh = flagged & ~bad  # an instance counts once, under its first reason
+        if fresh.any():
+            counts[reason] = int(fresh.sum())
+        bad |= flagged
+    return (det.select(~bad) if bad.any() else det), counts
+
+
+def frame_result(frame: Frame, det: Detections, spec: MessageSpec, need_masks: bool = False) -> FrameResult:
+    """The messages of ``frame`` for ``det`` (``need_masks``: also paste when no encoding needs masks)."""
+    valid, dropped = valid_detections(det)
+    kept = valid.filter(spec.score_threshold)
+    masks = None
+    if need_masks or spec.encodings - {"none"}:
+        masks = kept.box_masks(spec.mask_threshold)
+    extra = {"stream": frame.stream, "capture_time": round(frame.capture_time, 6)} if spec.live else None
+    messages = {
+        enc: frame_message(frame.source, frame.index, frame.pts, kept, None if enc == "none" else masks,
+                           spec.class_names, enc, extra)
+        for enc in spec.encodings
+    }
+    return FrameResult(kept, masks, messages, dropped)
+
+
+def batch_results(frames: Sequence[Frame], dets: Sequence[Detections], spec: MessageSpec,
+                  need_masks: bool = False) -> list[FrameResult]:
+    """:func:`frame_result` of each frame of a batch."""
+    if len(dets) != len(frames):
+        raise RuntimeError(f"the runner returned {len(dets)} detections for {len(frames)} frames; "
+                           "a Runner must return one per frame")
+    return [frame_result(f, d, spec, need_masks) for f, d in zip(frames, dets, strict=True)]
