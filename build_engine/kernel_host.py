@@ -31,6 +31,7 @@ from build_engine.plugin_spec import (
     KERNEL_SCALAR_ARGS,
     KERNEL_SOURCE,
     NUM_LEVELS,
+    entry_points,
     macro_flags,
 )
 from engines.roi_align import RoIAlignParams
@@ -87,8 +88,10 @@ class HostRoIAlign:
         self.params = params
         self.library = library
         self._lib = ctypes.CDLL(str(library))
+        self.entry_points = entry_points(params)
+        """Entry point per dtype: the same specialised names as the PTX."""
         argtypes = [ctypes.c_void_p] * (NUM_LEVELS + 1) + [ctypes.c_int] * len(KERNEL_SCALAR_ARGS) + [ctypes.c_void_p]
-        for name in ENTRY_POINTS.values():
+        for name in self.entry_points.values():
             getattr(self._lib, name).argtypes = argtypes
             getattr(self._lib, name).restype = None
         for name in ("ra_host_half_to_float", "ra_host_float_to_half"):
@@ -122,7 +125,7 @@ class HostRoIAlign:
             raise ValueError(f"kernel sizes must fit int32, got {scalars}")
         s = self.params.output_size
         out = np.empty((boxes.shape[0], c, s, s), dtype=dtype)
-        entry = getattr(self._lib, ENTRY_POINTS[dtype.name])
+        entry = getattr(self._lib, self.entry_points[dtype.name])
         entry(*(f.ctypes.data for f in feats), boxes.ctypes.data, *scalars, out.ctypes.data)
         return out
 

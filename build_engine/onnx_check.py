@@ -70,7 +70,7 @@ TENSORRT_SUPPORTED_OPS: frozenset[str] = frozenset(TENSORRT_OP_TYPES)
 TENSORRT_OPSETS = range(9, 21)
 """Default-domain opsets the 10.1 operator table covers (9..20 inclusive)."""
 
-_ONNX_TYPE_NAMES = {
+_ONNX_TYPE_NAMES: dict[int, str] = {
     TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16", TensorProto.BFLOAT16: "BF16",
     TensorProto.INT32: "INT32", TensorProto.INT64: "INT64", TensorProto.INT8: "INT8", TensorProto.UINT8: "UINT8",
     TensorProto.BOOL: "BOOL", TensorProto.DOUBLE: "DOUBLE", TensorProto.INT16: "INT16",
@@ -123,7 +123,7 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _type_name(elem_type: int) -> str:
-    return _ONNX_TYPE_NAMES.get(elem_type, onnx.TensorProto.DataType.Name(elem_type))
+    return _ONNX_TYPE_NAMES.get(elem_type) or str(onnx.TensorProto.DataType.Name(elem_type))
 
 
 def check_opset(model: onnx.ModelProto | str | Path) -> list[str]:

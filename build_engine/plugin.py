@@ -3,13 +3,24 @@
 ``register_plugin()`` defines ``maskrcnn_streamer::MultilevelRoIAlign`` (version "1")
 with ``tensorrt.plugin`` (TensorRT 10.9+ / 11.x): a shape/type function, the supported
 type combination, and an ahead-of-time implementation that hands TensorRT the PTX of
-``roi_align.cu`` (parameters baked in as macros), its entry point, the launch geometry
-and the int32 scalars as shape expressions. The engine then holds the kernel and runs
-without Python. Call it before parsing an ONNX file that holds the node (see
-:mod:`build_engine.plugin_spec`) or before ``trtp.op.maskrcnn_streamer.MultilevelRoIAlign``::
+``roi_align.cu`` (parameters and a per-specialisation entry name baked in as macros), its
+entry point, a fixed launch grid and the int32 scalars as shape expressions. The engine
+then holds the kernel and runs without Python. Call it before parsing an ONNX file that
+holds the node (see :mod:`build_engine.plugin_spec`)::
 
-    register_plugin()                      # compute capability of GPU 0, or pass "8.6"
+    register_plugin("8.6", hardware_compatibility="none", max_cuda="12.4")
     parser.parse_from_file("model.onnx")   # nodes of op type MultilevelRoIAlign bind to it
+
+The PTX target (:func:`build_engine.ptx.ptx_arch`) and the compiler
+(:func:`build_engine.ptx.find_compiler`, CUDA version <= the driver's) are settled here,
+before TensorRT starts building, so a missing or too-new compiler is a clear error.
+
+Safe form of the TensorRT callbacks (TensorRT 10.9-10.14 may hand a stale symbolic
+expression builder across plugin nodes, fixed in 10.15 [unconfirmed]): nothing TensorRT
+gives is kept across calls; the shape function builds its output from that call's input
+expressions only; the AOT implementation does no arithmetic on shape expressions (the
+kernel's grid-stride loop lets a fixed grid of :data:`GRID_BLOCKS` cover any output, and
+the scalars are the input dimensions passed through unchanged).
 
 Importing this module never imports TensorRT; ``register_plugin`` raises ImportError
 when TensorRT is missing or too old.
@@ -18,7 +29,9 @@ when TensorRT is missing or too old.
 # No ``from __future__ import annotations`` here: tensorrt.plugin inspects the decorated
 # functions' annotations as objects (TensorDesc subclasses, numpy NDArray aliases).
 
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -28,14 +41,28 @@ from build_engine.plugin_spec import (
     ATTRIBUTE_NAMES,
     ENTRY_POINTS,
     PLUGIN_ID,
+    entry_points,
     onnx_attributes,
     params_from_attributes,
 )
-from build_engine.ptx import compile_ptx, parse_compute_capability
+from build_engine.ptx import (
+    Backend,
+    Compiler,
+    compile_ptx,
+    find_compiler,
+    parse_compute_capability,
+    ptx_arch,
+)
 from engines.roi_align import RoIAlignParams
 
 BLOCK_SIZE = 256
 """Threads per block; one thread per output element, grid-stride loop."""
+GRID_BLOCKS = 1024
+"""Blocks per launch, whatever the output size: 262144 threads, about one full wave on the largest
+GPUs; the kernel's grid-stride loop covers the rest. A constant keeps the AOT implementation free
+of shape-expression arithmetic (see the module docstring)."""
+STALE_BUILDER_VERSIONS = ((10, 9), (10, 15))
+"""TensorRT versions ``[from, to)`` whose Python plugin layer may reuse a stale expression builder."""
 
 IO_TYPES = "FP32|FP16, FP32|FP16, FP32|FP16, FP32|FP16, FP32, FP32|FP16"
 """Features and output share FP32 or FP16; rois are always FP32 (AutoTuneCombination syntax)."""
@@ -45,14 +72,22 @@ Int32Attr = npt.NDArray[np.int32]
 Float32Attr = npt.NDArray[np.float32]
 """ONNX INT/INTS fields arrive as int32 arrays, FLOAT as float32 (Python int/float would mean 64-bit)."""
 _T = TypeVar("_T")
-_registered_for: tuple[int, int] | None = None
+_registered_for: "PluginTarget | None" = None
 
 
-def launch_grid(num_outputs: int, block_size: int = BLOCK_SIZE) -> int:
-    """Blocks for ``num_outputs`` output elements: ``ceil(n / block)``, at least 1 (R = 0 is legal)."""
-    if num_outputs < 0 or block_size < 1:
-        raise ValueError(f"need num_outputs >= 0 and block_size >= 1, got {num_outputs}, {block_size}")
-    return max(-(-num_outputs // block_size), 1)
+def tensorrt_version_tuple(version: str) -> tuple[int, int]:
+    """``"10.13.3.9"`` → ``(10, 13)``; unparsable → ``(0, 0)``."""
+    parts = version.split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return 0, 0
+
+
+def stale_builder_risk(version: str) -> bool:
+    """Whether ``version`` lies where the stale expression builder is reported (the safe form applies)."""
+    lo, hi = STALE_BUILDER_VERSIONS
+    return lo <= tensorrt_version_tuple(version) < hi
 
 
 def kernel_scalars(feature_shapes: Sequence[Sequence[_T]], rois_shape: Sequence[_T]) -> list[_T]:
@@ -72,25 +107,45 @@ def plugin_attributes(params: RoIAlignParams) -> dict[str, npt.NDArray[Any]]:
     }
 
 
-def kernel_name(dtype_name: str) -> str:
-    """Entry point for the features' dtype (``"float32"`` / ``"float16"``)."""
+def kernel_name(params: RoIAlignParams, dtype_name: str) -> str:
+    """Entry point of the ``params`` specialisation for the features' dtype (``"float32"`` / ``"float16"``)."""
     if dtype_name not in ENTRY_POINTS:
         raise ValueError(f"{PLUGIN_ID} runs on float32 or float16 features, got {dtype_name}")
-    return ENTRY_POINTS[dtype_name]
+    return entry_points(params)[dtype_name]
 
 
-def register_plugin(compute_capability: str | tuple[int, int] | None = None) -> None:
-    """Register the plugin with TensorRT (idempotent).
+@dataclass(frozen=True)
+class PluginTarget:
+    """What the registered plugin compiles for: PTX architecture and compiler (plain values)."""
+
+    arch: tuple[int, int]
+    compiler: Compiler
+
+
+def register_plugin(
+    compute_capability: str | tuple[int, int] | None = None,
+    *,
+    hardware_compatibility: str = "none",
+    max_cuda: str | tuple[int, int] | None = None,
+    backend: Backend = "auto",
+) -> PluginTarget:
+    """Register the plugin with TensorRT (idempotent for one target).
 
     Args:
-        compute_capability: GPU target of the PTX, e.g. ``"8.6"``; None = that of CUDA device 0.
+        compute_capability: the build GPU, e.g. ``"8.6"``; None = that of CUDA device 0.
+        hardware_compatibility: the engine's level; ``ampere_plus`` targets compute_80 PTX.
+        max_cuda: the driver's CUDA version (e.g. ``"12.4"``): the compiler must not be newer.
+        backend: ``"auto"``, ``"nvcc"`` or ``"nvrtc"``.
 
     Raises:
+        RuntimeError: no usable compiler (checked first, before TensorRT), or already
+            registered for another target.
         ImportError: TensorRT (with its libnvinfer libraries) is not installed, or lacks
             ``tensorrt.plugin.aot_impl`` (needs TensorRT >= 10.9).
-        RuntimeError: already registered for another compute capability.
     """
     global _registered_for
+    cc = parse_compute_capability(compute_capability) if compute_capability is not None else _detect_compute_capability()
+    target = PluginTarget(ptx_arch(cc, hardware_compatibility), find_compiler(backend, max_cuda))
     try:
         import tensorrt as trt
         import tensorrt.plugin as trtp
@@ -104,16 +159,21 @@ def register_plugin(compute_capability: str | tuple[int, int] | None = None) -> 
             f"tensorrt {getattr(trt, '__version__', '?')} has no AOT Python plugins (tensorrt.plugin.aot_impl): "
             "install TensorRT >= 10.9"
         )
-    cc = parse_compute_capability(compute_capability) if compute_capability is not None else _detect_compute_capability()
     if _registered_for is not None:
-        if _registered_for != cc:
+        if _registered_for != target:
             raise RuntimeError(
-                f"{PLUGIN_ID} is already registered for compute capability {_registered_for}, asked for {cc}: "
-                "build engines for one GPU per process"
+                f"{PLUGIN_ID} is already registered for {_registered_for}, asked for {target}: "
+                "build engines for one target per process"
             )
-        return
-    define_plugin(trt, trtp, cc)
-    _registered_for = cc
+        return target
+    if stale_builder_risk(getattr(trt, "__version__", "")):
+        warnings.warn(
+            f"TensorRT {trt.__version__} may reuse a stale shape-expression builder across plugin nodes (fixed in "
+            "10.15, unconfirmed); the plugin uses the safe form, and tools/trt_verify.py's two-pooler check "
+            "settles it on this machine", stacklevel=2)
+    define_plugin(trt, trtp, target)
+    _registered_for = target
+    return target
 
 
 def _detect_compute_capability() -> tuple[int, int]:
@@ -132,8 +192,11 @@ def _params(attributes: Mapping[str, Any]) -> RoIAlignParams:
     return params_from_attributes({n: attributes[n] for n in ATTRIBUTE_NAMES})
 
 
-def define_plugin(trt: Any, trtp: Any, compute_capability: tuple[int, int]) -> None:
-    """Apply the ``tensorrt.plugin`` decorators (``trt``/``trtp`` are the imported modules)."""
+def define_plugin(trt: Any, trtp: Any, target: PluginTarget) -> None:
+    """Apply the ``tensorrt.plugin`` decorators (``trt``/``trtp`` are the imported modules).
+
+    Nothing TensorRT hands in is stored: each callback works from its own arguments only.
+    """
     dtype_names = {trt.float32: "float32", trt.float16: "float16"}
 
     @trtp.register(PLUGIN_ID)
@@ -166,11 +229,11 @@ def define_plugin(trt: Any, trtp: Any, compute_capability: tuple[int, int]) -> N
         params = _params(locals())
         if features0.dtype not in dtype_names:
             raise ValueError(f"{PLUGIN_ID} runs on float32 or float16 features, got {features0.dtype}")
-        name = kernel_name(dtype_names[features0.dtype])
-        ptx = compile_ptx(params, compute_capability)
+        name = kernel_name(params, dtype_names[features0.dtype])
+        ptx = compile_ptx(params, target.arch, compiler=target.compiler)
 
         launch = trtp.KernelLaunchParams()
-        launch.grid_x = trtp.max(trtp.cdiv(outputs[0].shape_expr.numel(), BLOCK_SIZE), 1)
+        launch.grid_x = GRID_BLOCKS  # constant: no arithmetic on shape expressions here
         launch.block_x = BLOCK_SIZE
         launch.shared_mem = 0
         feats = (features0, features1, features2, features3)

@@ -19,6 +19,7 @@ in input-image pixels. Output: ``[R, C, S, S]`` in the features' dtype.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,7 +42,8 @@ ENTRY_POINTS: Mapping[str, str] = {
     "float32": "multilevel_roi_align_f32",
     "float16": "multilevel_roi_align_f16",
 }
-"""Kernel entry point per feature dtype (numpy dtype name)."""
+"""Entry point name prefix per feature dtype (numpy dtype name); :func:`entry_points` adds the
+specialisation tag. (Also the source's names when compiled without ``RA_ENTRY_*`` macros.)"""
 
 KERNEL_SCALAR_ARGS = (
     "num_rois", "channels", "batch", "h0", "w0", "h1", "w1", "h2", "w2", "h3", "w3",
@@ -151,8 +153,32 @@ def _float_literal(value: float) -> str:
     return f"{float(np.float32(value))!r}f"
 
 
+def specialisation_tag(params: RoIAlignParams) -> str:
+    """Short name of one compiled specialisation: readable parameters plus 8 hex digits of a hash
+    over every baked macro and the kernel source, e.g. ``s7_sr2_legacy_avg_1f0c3a9e``."""
+    digest = hashlib.sha256(KERNEL_SOURCE.read_bytes())
+    for key, value in sorted(_parameter_macros(params).items()):
+        digest.update(f"{key}={value};".encode())
+    ratio = f"sr{params.sampling_ratio}" if params.sampling_ratio > 0 else "adaptive"
+    align = "aligned" if params.aligned else "legacy"
+    return f"s{params.output_size}_{ratio}_{align}_{params.mode}_{digest.hexdigest()[:8]}"
+
+
+def entry_points(params: RoIAlignParams) -> dict[str, str]:
+    """The kernel's entry point per feature dtype for ``params``: unique per specialisation, so two
+    plugin nodes (the 7×7 box pooler, the 14×14 mask pooler) never give TensorRT different PTX under
+    one name."""
+    tag = specialisation_tag(params)
+    return {dtype: f"{prefix}_{tag}" for dtype, prefix in ENTRY_POINTS.items()}
+
+
 def kernel_macros(params: RoIAlignParams) -> dict[str, str]:
-    """``-D`` macros that bake ``params`` into ``roi_align.cu`` (name → value)."""
+    """``-D`` macros that bake ``params`` and the entry point names into ``roi_align.cu`` (name → value)."""
+    names = entry_points(params)
+    return {**_parameter_macros(params), "RA_ENTRY_F32": names["float32"], "RA_ENTRY_F16": names["float16"]}
+
+
+def _parameter_macros(params: RoIAlignParams) -> dict[str, str]:
     check_kernel_params(params)
     return {
         "RA_OUTPUT_SIZE": str(params.output_size),

@@ -8,14 +8,19 @@
 //
 // Entry points (extern "C", unmangled; TensorRT AOT argument order: inputs, extra
 // int32 scalars, outputs):
-//   multilevel_roi_align_f32(const float*  f0..f3, const float* rois, <11 x int>, float*  out)
-//   multilevel_roi_align_f16(const half16* f0..f3, const float* rois, <11 x int>, half16* out)
+//   RA_ENTRY_F32(const float*  f0..f3, const float* rois, <11 x int>, float*  out)
+//   RA_ENTRY_F16(const half16* f0..f3, const float* rois, <11 x int>, half16* out)
+// The names are macros: build_engine/plugin_spec.py gives every specialisation (output
+// size, sampling ratio, aligned, levels, mode, source) its own pair, so the 7x7 box
+// pooler and the 14x14 mask pooler never hand TensorRT two PTX modules with one name.
+// Defaults: multilevel_roi_align_f32 / multilevel_roi_align_f16.
 // with f_l: [N, C, H_l, W_l] NCHW for level min_level + l (stride 2**(min_level + l)),
 // rois: [R, 5] float32 rows (batch_index, x1, y1, x2, y2) in input-image pixels,
 // out: [R, C, S, S]; scalars: R, C, N, H_0, W_0, H_1, W_1, H_2, W_2, H_3, W_3.
 // rois stay float32 in both variants (box coordinates are not rounded to half).
 //
-// One thread per output element (r, c, ph, pw), grid-stride loop over R*C*S*S.
+// One thread per output element (r, c, ph, pw), grid-stride loop over R*C*S*S: any grid
+// size covers every output (the plugin launches a fixed grid, see plugin.py GRID_BLOCKS).
 //
 // Float and bool parameters are compile-time macros (TensorRT AOT kernels take only
 // int32 scalars); defaults are torchvision Mask R-CNN's box pooler:
@@ -50,6 +55,12 @@
 #endif
 #ifndef RA_POOL_MAX
 #define RA_POOL_MAX 0
+#endif
+#ifndef RA_ENTRY_F32
+#define RA_ENTRY_F32 multilevel_roi_align_f32
+#endif
+#ifndef RA_ENTRY_F16
+#define RA_ENTRY_F16 multilevel_roi_align_f16
 #endif
 #define RA_LEVEL_EPS 1e-6f
 
@@ -290,7 +301,7 @@ extern "C" void ra_host_float_to_half(const float* src, ra_half* dst, long long 
 }
 #endif
 
-extern "C" __global__ void multilevel_roi_align_f32(
+extern "C" __global__ void RA_ENTRY_F32(
     const float* __restrict__ f0, const float* __restrict__ f1, const float* __restrict__ f2,
     const float* __restrict__ f3, const float* __restrict__ rois, int num_rois, int channels,
     int batch, int h0, int w0, int h1, int w1, int h2, int w2, int h3, int w3,
@@ -299,7 +310,7 @@ extern "C" __global__ void multilevel_roi_align_f32(
                                    w1, h2, w2, h3, w3, out);
 }
 
-extern "C" __global__ void multilevel_roi_align_f16(
+extern "C" __global__ void RA_ENTRY_F16(
     const ra_half* __restrict__ f0, const ra_half* __restrict__ f1,
     const ra_half* __restrict__ f2, const ra_half* __restrict__ f3,
     const float* __restrict__ rois, int num_rois, int channels, int batch, int h0, int w0,

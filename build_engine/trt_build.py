@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from engines.manifest import BatchProfile, HardwareCompatibility, TensorSpec
+from engines.roi_align import RoIAlignParams
 
 TENSORRT_MISSING = "TensorRT is not installed (import tensorrt failed: {error}); use --onnx-only to export the graph, or run on the GPU box"
 """CLI message when an engine is requested on a machine without TensorRT."""
@@ -64,6 +65,9 @@ class EngineBuildOptions:
     """Read before and written after the build when given (same TensorRT version only)."""
     hardware_compatibility: HardwareCompatibility = "none"
     version_compatible: bool = False
+    driver_cuda_version: str | None = None
+    """CUDA version of the driver that will load the engine (e.g. ``"12.4"``): the plugin's PTX compiler
+    must not be newer. None = this machine's driver (``engines.machine``), unknown = no limit."""
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -112,6 +116,55 @@ def parser_error_report(onnx_path: str | Path, errors: Sequence[str]) -> str:
     lines.append("Check the graph with build-engine --onnx-only (ONNX checker + ONNX Runtime parity); "
                  "a plugin node that fails to bind means the plugin was not registered (TensorRT >= 10.9 needed).")
     return "\n".join(lines)
+
+
+def plugin_params_in(onnx_path: str | Path) -> list[RoIAlignParams]:
+    """The distinct RoIAlign specialisations of the graph's plugin nodes (the box and the mask pooler)."""
+    import onnx
+
+    from build_engine.plugin_spec import PLUGIN_NAME, PLUGIN_NAMESPACE, params_from_attributes
+
+    found: list[RoIAlignParams] = []
+    for node in onnx.load(str(onnx_path), load_external_data=False).graph.node:
+        if (node.domain, node.op_type) != (PLUGIN_NAMESPACE, PLUGIN_NAME):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute
+                 if a.name not in ("plugin_namespace", "plugin_version")}
+        params = params_from_attributes(attrs)
+        if params not in found:
+            found.append(params)
+    return found
+
+
+def _driver_cuda(opts: EngineBuildOptions) -> str | None:
+    if opts.driver_cuda_version is not None:
+        return opts.driver_cuda_version
+    from engines.machine import collect_runtime_environment
+
+    return collect_runtime_environment().cuda_version
+
+
+def prepare_plugin_kernels(opts: EngineBuildOptions) -> dict[str, str]:
+    """Before any TensorRT call: choose the PTX compiler (CUDA version <= the driver's), the PTX target
+    (``ampere_plus`` → compute_80) and compile every plugin specialisation of the graph, so that the
+    AOT implementation only reads the compiled cache. Returns ``{entry name: PTX}``.
+
+    Raises:
+        EngineBuildError: no usable compiler, or the kernel does not compile (the message says why).
+    """
+    from build_engine.plugin_spec import entry_points
+    from build_engine.ptx import compile_ptx, find_compiler, ptx_arch
+
+    try:
+        arch = ptx_arch(opts.compute_capability, opts.hardware_compatibility)
+        compiler = find_compiler(max_cuda=_driver_cuda(opts))
+        kernels = {}
+        for params in plugin_params_in(opts.onnx_path):
+            ptx = compile_ptx(params, arch, compiler=compiler)
+            kernels.update({name: ptx for name in entry_points(params).values()})
+    except (RuntimeError, ValueError) as exc:
+        raise EngineBuildError(f"cannot prepare the RoIAlign plugin's kernels: {exc}") from exc
+    return kernels
 
 
 # --------------------------------------------------------------------------- TensorRT
@@ -163,11 +216,14 @@ def build_engine_file(opts: EngineBuildOptions, on_phase: Callable[[str, int, in
         ImportError: TensorRT (or, for the plugin, TensorRT >= 10.9) is missing.
         EngineBuildError: parsing or building failed (the message lists the parser's errors).
     """
+    if opts.uses_plugin:
+        prepare_plugin_kernels(opts)  # compiler and PTX first: a missing compiler is not a mid-build error
     trt = import_tensorrt()
     if opts.uses_plugin:
         from build_engine.plugin import register_plugin
 
-        register_plugin(opts.compute_capability)  # must precede parsing: plugin nodes bind by name
+        register_plugin(opts.compute_capability, hardware_compatibility=opts.hardware_compatibility,
+                        max_cuda=_driver_cuda(opts))  # must precede parsing: plugin nodes bind by name
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flag_enum = trt.NetworkDefinitionCreationFlag

@@ -7,17 +7,23 @@ from pathlib import Path
 
 import pytest
 
+from build_engine.plugin_spec import PLUGIN_NAME, PLUGIN_NAMESPACE, entry_points, onnx_attributes
+from build_engine.ptx import find_nvcc
 from build_engine.trt_build import (
     NETWORK_FLAGS,
+    EngineBuildError,
     EngineBuildOptions,
     build_engine_file,
     hardware_level_name,
     import_tensorrt,
     network_flag_names,
     parser_error_report,
+    plugin_params_in,
+    prepare_plugin_kernels,
     profile_shapes,
 )
 from engines.manifest import BatchProfile, TensorSpec
+from engines.roi_align import RoIAlignParams
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 FRAMES = TensorSpec("frames", "uint8", (-1, 1080, 1920, 3))
@@ -74,7 +80,7 @@ def test_missing_tensorrt_is_reported_with_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ImportError, match=r"TensorRT is not installed \(import tensorrt failed: .*--onnx-only"):
         import_tensorrt()
     opts = EngineBuildOptions(onnx_path=tmp_path / "m.onnx", engine_path=tmp_path / "m.plan", frames=FRAMES,
-                              batch=BatchProfile(1, 4, 8), compute_capability="8.6")
+                              batch=BatchProfile(1, 4, 8), compute_capability="8.6", uses_plugin=False)
     with pytest.raises(ImportError, match="TensorRT is not installed"):
         build_engine_file(opts)
     assert not opts.engine_path.exists()
@@ -89,3 +95,61 @@ def test_real_engine_build_is_covered_by_the_cli_test_on_the_gpu_box() -> None:
     trt = import_tensorrt()
     members = set(trt.NetworkDefinitionCreationFlag.__members__)
     assert "PREFER_AOT_PYTHON_PLUGINS" in network_flag_names(members), "TensorRT >= 10.9 needed for AOT plugins"
+
+
+BOX, MASK = RoIAlignParams(output_size=7), RoIAlignParams(output_size=14)
+
+
+def _two_pooler_graph(path: Path) -> Path:
+    """A graph holding the box and the mask pooler as plugin nodes (as the real export does)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    feats = [helper.make_tensor_value_info(f"p{k}", TensorProto.FLOAT, [1, 8, 64 >> k, 64 >> k]) for k in range(4)]
+    rois = helper.make_tensor_value_info("rois", TensorProto.FLOAT, [3, 5])
+    nodes = [helper.make_node(PLUGIN_NAME, ["p0", "p1", "p2", "p3", "rois"], [out], name=out, domain=PLUGIN_NAMESPACE,
+                              plugin_namespace=PLUGIN_NAMESPACE, plugin_version="1", **onnx_attributes(params))
+             for out, params in (("box", BOX), ("mask", MASK), ("box_again", BOX))]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("box", "mask", "box_again")]
+    graph = helper.make_graph(nodes, "poolers", [*feats, rois], outs)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                      helper.make_opsetid(PLUGIN_NAMESPACE, 1)]), str(path))
+    return path
+
+
+def _plugin_opts(tmp_path: Path, **kw: object) -> EngineBuildOptions:
+    return EngineBuildOptions(onnx_path=_two_pooler_graph(tmp_path / "g.onnx"), engine_path=tmp_path / "g.plan",
+                              frames=FRAMES, batch=BatchProfile(1, 4, 8), compute_capability="9.0", **kw)  # type: ignore[arg-type]
+
+
+def test_plugin_specialisations_are_read_from_the_graph(tmp_path: Path) -> None:
+    assert plugin_params_in(_two_pooler_graph(tmp_path / "g.onnx")) == [BOX, MASK]
+
+
+@pytest.mark.skipif(find_nvcc() is None, reason="needs nvcc (CUDA toolkit) on PATH or in $CUDA_HOME/bin")
+def test_kernels_are_compiled_before_tensorrt_for_the_engines_target(tmp_path: Path) -> None:
+    kernels = prepare_plugin_kernels(_plugin_opts(tmp_path, hardware_compatibility="ampere_plus",
+                                                  driver_cuda_version="99.0"))
+    names = [*entry_points(BOX).values(), *entry_points(MASK).values()]
+    assert sorted(kernels) == sorted(names)
+    assert all(".target sm_80" in ptx for ptx in kernels.values()), "ampere_plus: compute_80 PTX on a 9.0 build GPU"
+    assert ".target sm_90" in prepare_plugin_kernels(_plugin_opts(tmp_path, driver_cuda_version="99.0"))[names[0]]
+
+
+def test_a_missing_compiler_stops_the_build_before_tensorrt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import build_engine.ptx as ptx
+
+    monkeypatch.setattr(ptx, "available_compilers", lambda backend="auto": [])
+    opts = _plugin_opts(tmp_path, driver_cuda_version="12.4")
+    with pytest.raises(EngineBuildError, match=r"RoIAlign plugin's kernels: .*no nvcc or NVRTC found"):
+        build_engine_file(opts)
+    assert not opts.engine_path.exists()
+
+
+def test_a_compiler_newer_than_the_driver_stops_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import build_engine.ptx as ptx
+
+    monkeypatch.setattr(ptx, "available_compilers",
+                        lambda backend="auto": [ptx.Compiler("nvcc", (13, 0), "/usr/local/cuda-13.0/bin/nvcc")])
+    with pytest.raises(EngineBuildError, match=r"driver's CUDA 12.4, but every compiler found writes a newer PTX ISA"):
+        build_engine_file(_plugin_opts(tmp_path, driver_cuda_version="12.4"))
