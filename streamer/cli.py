@@ -17,7 +17,7 @@ from typing import TextIO
 
 _COMMANDS: tuple[str, ...] = (
     "streamer.process_cli", "streamer.run_cli", "streamer.config_cli", "streamer.convert_cli", "streamer.bench_cli",
-    "streamer.demo_cli",
+    "streamer.bench_pipeline", "streamer.demo_cli",
 )
 """Modules that each register one subcommand, in ``--help`` order."""
 

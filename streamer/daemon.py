@@ -85,8 +85,11 @@ class Daemon:
     """One ``streamer run`` process. ``await Daemon(cfg).run()`` returns the exit status."""
 
     def __init__(self, cfg: StreamerConfig, config_path: Path | None = None,
-                 overrides: Overrides | None = None, registry: CollectorRegistry | None = None) -> None:
+                 overrides: Overrides | None = None, registry: CollectorRegistry | None = None,
+                 runner: Runner | None = None) -> None:
         self.cfg = with_defaults(cfg)
+        self._given_runner = runner
+        """A runner to use instead of loading ``[inference] model`` (benchmarks)."""
         self.config_path = config_path
         self.overrides = overrides
         self.registry = registry or CollectorRegistry()
@@ -152,7 +155,9 @@ class Daemon:
             await sink.start()
             self.sinks.append(sink)
         inf = self.cfg.inference
-        runner = await asyncio.to_thread(_load_runner, inf.model, inf.device, inf.backend)
+        runner = self._given_runner
+        if runner is None:
+            runner = await asyncio.to_thread(_load_runner, inf.model, inf.device, inf.backend)
         info = runner.info
         log.info("model %s loaded (%s on %s)", info.name, info.backend, info.device)
         self.metrics.set_info(streamer.__version__, info.backend, info.device, info.name)

@@ -32,21 +32,26 @@ def rle_counts(bm: BoxMask, height: int, width: int) -> npt.NDArray[np.int64]:
     """Uncompressed COCO RLE counts of ``bm`` placed in a ``height × width`` frame.
 
     COCO RLE runs over the frame in column-major order, alternating zeros and ones, starting
-    with zeros (a leading 0 when pixel (0, 0) is set). Only the box is read: each box column,
-    padded with a zero above and below, gives its value changes; a change at row ``r`` of column
-    ``c`` is at frame position ``(x0 + c) * H + y0 + r``. The zero runs between boxes and
+    with zeros (a leading 0 when pixel (0, 0) is set). Only the box is read: its columns, each
+    followed by one zero, laid end to end, give the value changes; a change at row ``r`` of box
+    column ``c`` is at frame position ``(x0 + c) * H + y0 + r``. The zero runs between boxes and
     columns are the differences of those positions. Where a column ends set at the bottom row
-    and the next one starts set at the top row, the two changes meet and cancel.
+    and the next one starts set at the top row (a box of full height), the two changes meet at
+    one position and cancel.
     """
     total = height * width
     h, w = bm.mask.shape
     if h == 0 or w == 0:
         return np.array([total], dtype=np.int64)
-    cols = np.zeros((w, h + 2), dtype=np.int8)
-    cols[:, 1:-1] = bm.mask.T
-    c, r = np.nonzero(np.diff(cols, axis=1))
-    pos = (c.astype(np.int64) + bm.x0) * height + bm.y0 + r
-    if pos.size > 1:
+    cols = np.zeros((w, h + 1), dtype=np.int8)
+    cols[:, :h] = bm.mask.T
+    flat = cols.ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    if flat[0]:
+        change = np.concatenate([[0], change])
+    c, r = np.divmod(change, h + 1)
+    pos = (c + bm.x0) * height + bm.y0 + r
+    if h == height and pos.size > 1:
         meet = np.flatnonzero(pos[1:] == pos[:-1])
         if meet.size:
             pos = np.delete(pos, np.concatenate([meet, meet + 1]))

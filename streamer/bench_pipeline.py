@@ -1,0 +1,190 @@
+"""``streamer bench-pipeline``: the daemon's whole path measured without (or with) the model.
+
+Makes one synthetic H.264 clip (default 1920×1080), then, in one run:
+
+1. **decode ceiling** — N threads each demux + decode + convert to RGB the clip, nothing else:
+   the most frames per second this machine can feed any pipeline;
+2. **pipeline** — ``streamer run``'s daemon over N file sources of the clip (not paced), with
+   :class:`~streamer.replay.ReplayRunner` answering ``K`` instances per frame instantly (``--real``:
+   the loaded model instead), postprocessing on the pool, a JSONL sink on disk. Reports frames/s,
+   CPU milliseconds per frame of each stage (``streamer_stage_cpu_seconds_total``) and peak RSS;
+3. **postprocess** — one thread, one frame, ``K`` in ``--post-instances``: filter, box-local paste,
+   RLE, JSON line (:func:`streamer.messages.frame_result`), against the full-frame reference path
+   (paste K×H×W, threshold, pycocotools ``encode``) that the pipeline used before.
+
+    streamer bench-pipeline --streams 4 --frames 100 --instances 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import resource
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("streamer.bench_pipeline")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("bench-pipeline", help="measure the daemon's pipeline (decode to sink) without the model",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--streams", type=int, default=4, help="file sources run at once (default 4)")
+    p.add_argument("--frames", type=int, default=100, help="frames of the synthetic clip (default 100)")
+    p.add_argument("--size", default="1920x1080", help="WxH of the clip (default 1920x1080)")
+    p.add_argument("--instances", type=int, default=20, help="instances per frame from the replay runner")
+    p.add_argument("--batch", type=int, default=4, help="[batching] max_batch_size (default 4)")
+    p.add_argument("--workers", type=int, default=2, help="[inference] postprocess_workers (default 2)")
+    p.add_argument("--post-instances", default="20,100", help="K values of the postprocess step (default 20,100)")
+    p.add_argument("--real", action="store_true", help="run the model (--model, --device) instead of the replay")
+    p.add_argument("--model", default=None, help="with --real: model file (default: the demo model)")
+    p.add_argument("--device", default="cpu", help="with --real: cpu, cuda, cuda:N")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    p.set_defaults(func=run)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def decode_ceiling(video: Path, streams: int) -> dict[str, float]:
+    """N threads decoding ``video`` to RGB at once: frames/s in total and CPU ms per frame."""
+    from streamer.media import open_media
+
+    counts = [0] * streams
+    cpu = [0.0] * streams
+
+    def decode(i: int) -> None:
+        start = time.thread_time()
+        with open_media(video) as reader:
+            for _ in reader:
+                counts[i] += 1
+        cpu[i] = time.thread_time() - start
+
+    threads = [threading.Thread(target=decode, args=(i,), name=f"decode-only-{i}") for i in range(streams)]
+    t0, p0 = time.perf_counter(), time.process_time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall, process_cpu = time.perf_counter() - t0, time.process_time() - p0
+    frames = sum(counts)
+    return {"frames": frames, "wall_s": wall, "fps": frames / wall,
+            "thread_cpu_ms_per_frame": 1000 * sum(cpu) / frames,
+            "process_cpu_ms_per_frame": 1000 * process_cpu / frames}
+
+
+def pipeline(video: Path, streams: int, runner: Any, batch: int, workers: int, out: Path) -> dict[str, Any]:
+    """The daemon over ``streams`` unpaced file sources of ``video`` with ``runner``, JSONL to ``out``."""
+    from prometheus_client import CollectorRegistry
+
+    from streamer.config import StreamerConfig
+    from streamer.daemon import Daemon
+    from streamer.metrics import PIPELINE_STAGES
+
+    cfg = StreamerConfig.model_validate({
+        "sources": [{"name": f"s{i}", "url": str(video), "realtime": False} for i in range(streams)],
+        "sinks": [{"type": "jsonl", "path": str(out), "max_bytes": 0}],
+        "batching": {"max_batch_size": batch},
+        "inference": {"postprocess_workers": workers},
+        "metrics": {"enabled": False},
+    })
+    registry = CollectorRegistry()
+    daemon = Daemon(cfg, registry=registry, runner=runner)
+    t0, p0 = time.perf_counter(), time.process_time()
+    code = asyncio.run(daemon.run())
+    wall, process_cpu = time.perf_counter() - t0, time.process_time() - p0
+    published = sum(1 for _ in out.open())
+    stage_ms = {stage: 1000 * (registry.get_sample_value("streamer_stage_cpu_seconds_total", {"stage": stage}) or 0.0)
+                / max(published, 1) for stage in PIPELINE_STAGES}
+    return {"exit": code, "frames": published, "wall_s": wall, "fps": published / wall,
+            "process_cpu_ms_per_frame": 1000 * process_cpu / max(published, 1),
+            "stage_cpu_ms_per_frame": stage_ms, "peak_rss_mb": _peak_rss_mb()}
+
+
+def postprocess(k: int, height: int, width: int, repeats: int = 20) -> dict[str, float]:
+    """One thread: CPU ms per frame of ``frame_result`` + JSON line for ``k`` instances (mean of
+    ``repeats``, thread CPU time: what one core spends, whatever else the machine runs)."""
+    import torch
+
+    from streamer.frames import Frame
+    from streamer.messages import MessageSpec, frame_result
+    from streamer.replay import REPLAY_CLASSES, synthetic_detections
+    from streamer.schema import dumps
+
+    torch.set_num_threads(1)
+    det = synthetic_detections(k, height, width, seed=k)
+    frame = Frame("s", "s", 0, 0.0, 0.0, 0.0, np.zeros((1, 1, 3), np.uint8))
+    spec = MessageSpec(REPLAY_CLASSES, frozenset({"rle"}), 0.5)
+    dumps(frame_result(frame, det, spec).messages["rle"])  # warm-up
+    t0 = time.thread_time()
+    for _ in range(repeats):
+        dumps(frame_result(frame, det, spec).messages["rle"])
+    return {"instances": k, "ms": 1000 * (time.thread_time() - t0) / repeats}
+
+
+def postprocess_full_frame(k: int, height: int, width: int) -> dict[str, float]:
+    """The reference path this pipeline replaced: full-frame paste, threshold, pycocotools encode."""
+    from engines.masks import paste_masks
+    from streamer.replay import synthetic_detections
+    from streamer.schema import encode_rle
+
+    det = synthetic_detections(k, height, width, seed=k)
+    rss0 = _peak_rss_mb()
+    t0 = time.thread_time()
+    encode_rle(paste_masks(det.mask_probs, det.boxes, height, width, 0.5))
+    return {"instances": k, "ms": 1000 * (time.thread_time() - t0), "peak_rss_growth_mb": _peak_rss_mb() - rss0}
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamer.replay import ReplayRunner, write_synthetic_video
+
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    ks = [int(k) for k in args.post_instances.split(",") if k]
+    report: dict[str, Any] = {"streams": args.streams, "size": [width, height], "instances": args.instances,
+                              "batch": args.batch, "postprocess_workers": args.workers}
+    with tempfile.TemporaryDirectory() as tmp:
+        video = Path(tmp) / "synthetic.mp4"
+        log.info("encoding a %dx%d clip of %d frames", width, height, args.frames)
+        write_synthetic_video(video, args.frames, width, height)
+        log.info("decode ceiling: %d threads", args.streams)
+        report["decode_only"] = decode_ceiling(video, args.streams)
+        if args.real:
+            from engines.loading import load_runner
+
+            runner: Any = load_runner(args.model, device=args.device)
+        else:
+            runner = ReplayRunner(args.instances)
+        report["runner"] = runner.info.name
+        log.info("pipeline: %d streams, runner %s", args.streams, runner.info.name)
+        report["pipeline"] = pipeline(video, args.streams, runner, args.batch, args.workers, Path(tmp) / "out.jsonl")
+    report["pipeline_vs_decode"] = report["pipeline"]["fps"] / report["decode_only"]["fps"]
+    report["postprocess"] = [postprocess(k, height, width) for k in ks]
+    report["postprocess_full_frame_reference"] = [postprocess_full_frame(k, height, width) for k in ks]
+    _print(report)
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if report["pipeline"]["exit"] == 0 else 1
+
+
+def _print(r: dict[str, Any]) -> None:
+    d, p = r["decode_only"], r["pipeline"]
+    w, h = r["size"]
+    print(f"{r['streams']} streams of {w}x{h} H.264, runner {r['runner']}, batch {r['batch']}, "
+          f"{r['postprocess_workers']} postprocess workers")
+    print(f"decode only : {d['fps']:7.1f} frames/s  ({d['frames']} frames, process CPU "
+          f"{d['process_cpu_ms_per_frame']:.1f} ms/frame)")
+    print(f"pipeline    : {p['fps']:7.1f} frames/s  ({p['frames']} frames published, exit {p['exit']}, process CPU "
+          f"{p['process_cpu_ms_per_frame']:.1f} ms/frame) = {r['pipeline_vs_decode']:.2f} x decode only")
+    print("  stage thread CPU ms/frame: " + ", ".join(f"{s} {ms:.2f}" for s, ms in p["stage_cpu_ms_per_frame"].items()))
+    print(f"  peak RSS {p['peak_rss_mb']:.0f} MB")
+    for new, old in zip(r["postprocess"], r["postprocess_full_frame_reference"], strict=True):
+        print(f"postprocess, 1 thread, {new['instances']:3d} instances: {new['ms']:7.2f} CPU ms/frame "
+              f"(full-frame reference {old['ms']:.1f} ms, peak RSS +{old['peak_rss_growth_mb']:.0f} MB)")

@@ -1,0 +1,84 @@
+"""Inputs for measuring the pipeline without the model: a replay runner and synthetic video.
+
+:class:`ReplayRunner` returns, for every frame, ``K`` realistic detections at once: boxes of
+camera-like sizes (log-uniform, 2 %–30 % of the frame side), soft elliptic 28×28 mask
+probabilities with a noisy rim (values cross the 0.5 threshold as a real mask head's do), scores
+spread over (0.5, 1]. It costs nothing, so a benchmark that uses it measures everything but the
+model. :func:`write_synthetic_video` encodes an H.264 clip of moving shapes over a textured
+background, as a camera would send (libx264, CABAC on, yuv420p).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+from engines.runner import Detections, ModelInfo, Runner
+
+REPLAY_CLASSES = ("__background__", "person", "car", "bicycle", "dog")
+
+
+def synthetic_detections(k: int, height: int, width: int, seed: int = 0) -> Detections:
+    """``k`` realistic detections on an ``height × width`` frame (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    side = min(height, width)
+    wh = np.exp(rng.uniform(np.log(0.02 * side), np.log(0.3 * side), (k, 2))) * rng.uniform(0.6, 1.6, (k, 2))
+    x1 = rng.uniform(0, np.maximum(width - wh[:, 0], 1))
+    y1 = rng.uniform(0, np.maximum(height - wh[:, 1], 1))
+    boxes = np.stack([x1, y1, np.minimum(x1 + wh[:, 0], width), np.minimum(y1 + wh[:, 1], height)], 1)
+    yy, xx = np.mgrid[:28, :28] / 27.0 * 2 - 1
+    probs = np.empty((k, 28, 28), np.float32)
+    for i in range(k):
+        ax, ay = rng.uniform(0.5, 0.95, 2)
+        r = np.hypot(xx / ax, yy / ay) + rng.normal(0, 0.08, (28, 28))
+        probs[i] = 1 / (1 + np.exp((r - 1) * 8))
+    scores = np.sort(rng.uniform(0.5, 1.0, k))[::-1].astype(np.float32)
+    return Detections(boxes.astype(np.float32), scores, rng.integers(1, len(REPLAY_CLASSES), k), probs,
+                      (height, width))
+
+
+class ReplayRunner(Runner):
+    """A runner that answers every frame with the same ``k`` synthetic detections for its size."""
+
+    def __init__(self, k: int = 20, seed: int = 0) -> None:
+        self.k, self.seed = k, seed
+        self.info = ModelInfo(name=f"replay-{k}", backend="replay", device="cpu", class_names=REPLAY_CLASSES)
+        self._by_size: dict[tuple[int, int], Detections] = {}
+
+    def infer(self, frames: Sequence[npt.NDArray[np.uint8]]) -> list[Detections]:
+        out = []
+        for f in frames:
+            size = (int(f.shape[0]), int(f.shape[1]))
+            if size not in self._by_size:
+                self._by_size[size] = synthetic_detections(self.k, *size, seed=self.seed)
+            d = self._by_size[size]
+            out.append(Detections(d.boxes, d.scores, d.labels, d.mask_probs, d.image_size))
+        return out
+
+
+def write_synthetic_video(path: Path, frames: int, width: int = 1920, height: int = 1080, fps: int = 25,
+                          seed: int = 0) -> Path:
+    """An H.264 (CABAC, yuv420p) mp4 of ``frames`` frames: shapes moving over a textured background."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(40, 200, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
+    background = np.repeat(np.repeat(coarse, 8, 0), 8, 1)[:height, :width]
+    shapes = [(rng.integers(0, width), rng.integers(0, height), rng.integers(40, 300), rng.integers(40, 300),
+               rng.integers(-12, 12), rng.integers(-8, 8), rng.integers(0, 255, 3)) for _ in range(12)]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "23"}
+        for i in range(frames):
+            img = background.copy()
+            for x, y, w, h, vx, vy, colour in shapes:
+                cx, cy = int((x + vx * i) % width), int((y + vy * i) % height)
+                img[cy:cy + h, cx:cx + w] = colour
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

@@ -1,0 +1,38 @@
+"""``streamer bench-pipeline`` runs the real daemon path end to end and reports what it measured."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from streamer.cli import main
+from streamer.replay import ReplayRunner, synthetic_detections
+
+
+def test_synthetic_detections_are_valid_and_realistic() -> None:
+    det = synthetic_detections(50, 1080, 1920, seed=3)
+    assert len(det) == 50 and not any(flag.any() for flag in det.invalid().values())
+    assert (det.boxes[:, [0, 2]] <= 1920).all() and (det.boxes[:, [1, 3]] <= 1080).all()
+    sides = det.boxes[:, 2:] - det.boxes[:, :2]
+    assert 10 < np.median(sides) < 400
+    # soft masks: mostly above the threshold inside, below outside, a rim in between
+    assert 0.2 < float((det.mask_probs > 0.5).mean()) < 0.9
+    assert (np.diff(det.scores) <= 0).all()
+    runner = ReplayRunner(5)
+    a, b = runner.infer([np.zeros((60, 80, 3), np.uint8)] * 2)
+    assert len(a) == len(b) == 5 and a.image_size == (60, 80)
+
+
+def test_bench_pipeline_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    code = main(["bench-pipeline", "--streams", "2", "--frames", "6", "--size", "320x240", "--instances", "5",
+                 "--post-instances", "5", "--json", str(out)])
+    assert code == 0
+    r = json.loads(out.read_text())
+    assert r["decode_only"]["frames"] == 12 and r["pipeline"]["frames"] == 12
+    assert r["pipeline"]["exit"] == 0 and r["decode_only"]["fps"] > 0 and r["pipeline_vs_decode"] > 0
+    stages = r["pipeline"]["stage_cpu_ms_per_frame"]
+    assert set(stages) == {"decode", "inference", "postprocess", "publish"} and stages["postprocess"] > 0
+    assert r["postprocess"][0]["instances"] == 5 and r["postprocess"][0]["ms"] > 0

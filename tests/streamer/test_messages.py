@@ -1,0 +1,66 @@
+"""streamer.messages: the one postprocessing step, on good and bad detections."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+
+from engines.runner import Detections
+from streamer.frames import Frame
+from streamer.messages import MessageSpec, frame_result
+from streamer.schema import decode_rle
+
+NAMES = ("__background__", "circle", "square")
+H, W = 48, 64
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "frame-schema.json").read_text())
+
+
+def _frame() -> Frame:
+    return Frame("cam", "rtsp://cam/x", 7, 0.28, 1_700_000_000.0, 0.0, np.zeros((H, W, 3), np.uint8))
+
+
+def _dets(boxes: list[list[float]], scores: list[float]) -> Detections:
+    k = len(boxes)
+    return Detections(np.array(boxes, np.float32).reshape(k, 4), np.array(scores, np.float32),
+                      np.ones(k, np.int64), np.full((k, 28, 28), 0.9, np.float32), (H, W))
+
+
+SPEC = MessageSpec(NAMES, frozenset({"rle", "polygon", "none"}), score_threshold=0.5)
+
+
+def test_zero_instances_give_a_valid_empty_message() -> None:
+    r = frame_result(_frame(), _dets([], []), SPEC)
+    for msg in r.messages.values():
+        jsonschema.validate(msg, SCHEMA)
+        assert msg["instances"] == [] and (msg["stream"], msg["frame"]) == ("cam", 7)
+    assert r.dropped == {}
+
+
+def test_nan_and_inverted_boxes_are_dropped_and_counted_outside_boxes_get_empty_masks() -> None:
+    det = _dets([[10, 10, 30, 30],            # fine
+                 [np.nan, 0, 5, 5],           # nonfinite box
+                 [5, 5, 20, 20],              # nonfinite score (below)
+                 [30, 10, 10, 30],            # inverted
+                 [100, 100, 140, 120]],       # wholly outside the frame
+                [0.9, 0.9, np.nan, 0.8, 0.7])
+    r = frame_result(_frame(), det, SPEC)
+    assert r.dropped == {"nonfinite": 2, "inverted": 1}
+    rle = r.messages["rle"]
+    jsonschema.validate(rle, SCHEMA)
+    assert [i["box"] for i in rle["instances"]] == [[10, 10, 30, 30], [100, 100, 140, 120]]
+    inside, outside = (decode_rle(i["mask"]) for i in rle["instances"])
+    ys, xs = np.nonzero(inside)  # the box grown by 30/28 (torchvision's padded paste): 9..30
+    assert inside[12:28, 12:28].all() and (ys.min(), ys.max(), xs.min(), xs.max()) >= (9, 0, 9, 0)
+    assert ys.max() <= 30 and xs.max() <= 30
+    assert not outside.any() and outside.shape == (H, W)
+    assert r.messages["polygon"]["instances"][1]["mask"] == {"polygons": []}
+    assert "mask" not in r.messages["none"]["instances"][0]
+
+
+def test_process_messages_have_no_live_fields() -> None:
+    spec = MessageSpec(NAMES, frozenset({"rle"}), 0.5, live=False)
+    msg = frame_result(_frame(), _dets([[1, 1, 9, 9]], [0.9]), spec).messages["rle"]
+    assert "stream" not in msg and "capture_time" not in msg and msg["source"] == "rtsp://cam/x"
