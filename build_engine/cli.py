@@ -12,8 +12,9 @@ against the PyTorch model (:mod:`build_engine.parity_report`). The manifest
 parity report and the build command in its explicit form (``--min-batch/--opt-batch/
 --max-batch``, ``--input-size``), which :mod:`engines.manifest` edits into rebuild commands.
 
-Exit status: 0 built (parity passed or skipped), 1 failure (model, TensorRT, export, build,
-or parity failed: the files are kept and the manifest says so), 2 usage error. Errors are
+Exit status: 0 built (parity passed, skipped, or failed and accepted with
+``--accept-parity-failure``), 1 failure (model, TensorRT, export, build, or parity failed: the
+files are kept and the manifest says so), 2 usage error. Errors are
 one line on stderr: ``build-engine: error: ...``.
 """
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from build_engine.manifest import build_manifest, write_manifest
 from build_engine.options import PROG, BuildOptions, UsageError, make_parser, options_from_args
-from build_engine.parity_report import ParityReport, artifact_parity, skipped_report
+from build_engine.parity_report import ACCEPT_FLAG, ParityReport, artifact_parity, skipped_report
 from build_engine.progress import Progress
 from build_engine.trt_build import (
     EngineBuildError,
@@ -35,7 +36,6 @@ from build_engine.trt_build import (
     build_engine_file,
     import_tensorrt,
 )
-from engines.engine_cache import EngineRequest
 from engines.machine import collect_runtime_environment
 from engines.manifest import (
     Manifest,
@@ -130,7 +130,7 @@ def build(opts: BuildOptions, progress: Progress) -> BuildResult:
         except (ValueError, RuntimeError, OSError) as exc:
             raise _step_failed("ONNX export", exc) from exc
     with progress.stage("ONNX check"):
-        _check_onnx(onnx_path, progress)
+        _check_onnx(onnx_path, progress, fatal=engine_path is not None)
 
     def manifest_of(parity: ParityReport | None) -> Manifest:
         m = build_manifest(
@@ -150,13 +150,15 @@ def build(opts: BuildOptions, progress: Progress) -> BuildResult:
         write_manifest(manifest_of(None), engine_path)  # the engine never lies around without its manifest
     with progress.stage("parity"):
         report = _parity(opts, loaded.name, onnx_path, engine_path, frame_hw, progress)
+    if report.passed is False and opts.accept_parity_failure:
+        report = dataclasses.replace(report, accepted=True)
     manifest_path = write_manifest(manifest_of(report), artifact)
     return BuildResult(onnx_path, engine_path, manifest_path, report)
 
 
-def _check_onnx(onnx_path: Path, progress: Progress) -> None:
-    """ONNX checker (full inference; fatal), then ``onnx_check.tensorrt_problems``: printed as a
-    note only, since TensorRT's own parser is the judge (its errors end an engine build)."""
+def _check_onnx(onnx_path: Path, progress: Progress, fatal: bool) -> None:
+    """ONNX checker (full inference; fatal), then ``onnx_check.tensorrt_problems`` (TensorRT's parser
+    rules that can be checked offline): fatal before an engine build, a note with ``--onnx-only``."""
     import onnx
 
     from build_engine.onnx_check import check_onnx, tensorrt_problems
@@ -167,6 +169,8 @@ def _check_onnx(onnx_path: Path, progress: Progress) -> None:
     except onnx.checker.ValidationError as exc:
         raise _step_failed("ONNX check", exc) from exc
     problems = tensorrt_problems(model)
+    if problems and fatal:
+        raise BuildFailure(f"ONNX check failed: TensorRT's parser would refuse {onnx_path}: {'; '.join(problems)}")
     if problems:
         progress.note(f"note: TensorRT may not import this graph as is: {'; '.join(problems)}")
 
@@ -190,7 +194,7 @@ def _build_engine(opts: BuildOptions, onnx_path: Path, engine_path: Path, env: R
         compute_capability=env.compute_capability, uses_plugin=bool(plugins),
         workspace_bytes=opts.workspace_mib * 2**20 if opts.workspace_mib else None,
         timing_cache=opts.timing_cache, hardware_compatibility=opts.hardware_compatibility,
-        version_compatible=opts.version_compatible)
+        version_compatible=opts.version_compatible, driver_cuda_version=env.cuda_version)
     try:
         build_engine_file(build_opts, on_phase)
     except (ImportError, EngineBuildError, ValueError, RuntimeError) as exc:
@@ -221,21 +225,6 @@ def _parity(opts: BuildOptions, name: str, onnx_path: Path, engine_path: Path | 
         raise _step_failed(f"parity ({name})", exc) from exc
 
 
-def build_for_cache(model_path: Path | None, engine_path: Path, request: EngineRequest) -> Path:
-    """:data:`engines.engine_cache.EngineBuilder`: build ``request`` into ``engine_path``.
-
-    Raises :class:`BuildFailure` (also when parity fails: the cache must not serve that engine).
-    """
-    opts = BuildOptions(model=model_path, out=engine_path, roi_align=request.roi_align, precision=request.precision,
-                        batch=request.batch, source_size=request.source_size, input_size=request.input_size,
-                        parity_frames=request.parity_frames)
-    result = build(opts, Progress(_stages(opts)))
-    if result.parity.passed is False:
-        raise BuildFailure(f"parity against PyTorch failed: {'; '.join(result.parity.failures)}")
-    assert result.engine_path is not None
-    return result.engine_path
-
-
 def _stages(opts: BuildOptions) -> list[str]:
     return ["export", "ONNX check", *([] if opts.onnx_only else ["engine build"]), "parity"]
 
@@ -264,9 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ("manifest", result.manifest_path)):
         if path is not None:
             print(f"{label}: {path}")
-    if result.parity.passed is False:
+    if result.parity.passed is False and not result.parity.accepted:
         _fail(f"parity against PyTorch failed ({'; '.join(result.parity.failures)}); the files are kept and the "
-              f"manifest {result.manifest_path} records the failure")
+              f"manifest {result.manifest_path} records the failure; to use them anyway, rebuild with {ACCEPT_FLAG}")
         return 1
     return 0
 

@@ -6,26 +6,32 @@ Loading order (each step refuses with a message that says what to do):
 2. compare it with this machine (TensorRT version, GPU compute capability, OS) and the
    caller's :class:`~engines.manifest.Requirements` → :class:`EngineIncompatibleError`
    naming every difference and the exact ``build-engine`` command that rebuilds the engine.
-   This happens **before** ``tensorrt`` or ``pycuda`` is imported and before the engine's
-   bytes are read, so a machine without TensorRT or a GPU gets the rebuild command too;
-3. import TensorRT and pycuda (``pycuda.autoprimaryctx``: the device's primary context,
-   shared with torch and TensorRT), deserialize, and require a non-null engine.
+   This happens **before** ``tensorrt`` is imported and before the engine's bytes are read,
+   so a machine without TensorRT or a GPU gets the rebuild command too;
+3. import TensorRT, deserialize, and require a non-null engine.
+
+CUDA without pycuda: device buffers, pinned host buffers and the stream are torch's
+(``torch.cuda``, a hard dependency anyway). torch uses the CUDA runtime API, which makes the
+device's primary context (shared with TensorRT) current on whichever thread calls it, and
+every entry point here runs inside ``torch.cuda.device(...)``: the runner may be loaded on
+one thread, run on another and closed on a third.
 
 Inference: frames are copied into a pinned host buffer, uploaded on the runner's stream,
-run with ``set_input_shape`` + ``set_tensor_address`` + ``execute_async_v3`` (optionally
-replayed as a CUDA graph per batch size, captured with torch), and the padded outputs (``counts [B]``,
-``boxes [B, D, 4]``, ``scores [B, D]``, ``labels [B, D]``, ``mask_probs [B, D, 28, 28]``)
-come back to pinned buffers. Batches above the profile's maximum are split; batches below
-its minimum are padded with copies of the last frame.
+run with ``set_input_shape`` + ``set_tensor_address`` + ``execute_async_v3(stream)``, and the
+padded outputs (``counts [B]``, ``boxes [B, D, 4]``, ``scores [B, D]``, ``labels [B, D]``,
+``mask_probs [B, D, 28, 28]``) come back to pinned buffers, then to numpy
+:class:`Detections` (masks are pasted by ``Detections.paste``, like every runner's).
+Batches above the profile's maximum are split; batches below its minimum are padded with
+copies of the last frame. No CUDA graph: the engine has data-dependent shapes (NMS,
+ScatterND), which stream capture cannot record.
 
-Masks: :meth:`TrtRunner.infer` returns 28×28 ``mask_probs`` like every runner
-(``Detections.paste()`` pastes on the CPU); :meth:`TrtRunner.paste_on_gpu` pastes with
-torch on this GPU (same primary context), equal to torchvision's paste, and downloads
-only the binary masks. :class:`Detections` is unchanged.
+Threads: :meth:`TrtRunner.infer` and :meth:`TrtRunner.close` hold one lock, so ``close``
+from any thread waits for a running batch, then releases everything; it is idempotent.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -85,40 +91,121 @@ def batch_plan(n: int, batch_min: int, batch_max: int) -> list[tuple[int, int]]:
     return runs
 
 
-def _import_cuda_runtime() -> tuple[Any, Any]:
-    """``(tensorrt, pycuda.driver)`` with the primary context made current; clear errors otherwise."""
+def torch_dtype(dtype: npt.DTypeLike) -> Any:
+    """The torch dtype of a numpy dtype (``trt.nptype`` of an engine tensor → its torch buffer)."""
+    import torch
+
+    return torch.from_numpy(np.empty(0, dtype=np.dtype(dtype))).dtype
+
+
+def _import_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except (ImportError, OSError) as exc:
         raise ImportError(f"the TensorRT runner needs TensorRT with its libraries (libnvinfer) "
                           f"(pip install tensorrt on the GPU machine): import tensorrt failed: {exc}") from exc
-    try:
-        import pycuda.autoprimaryctx  # noqa: F401  (shares the primary context with torch/TensorRT)
-        import pycuda.driver as cuda
-    except (ImportError, OSError) as exc:
-        raise ImportError(f"the TensorRT runner needs pycuda (pip install pycuda on the GPU machine): {exc}") from exc
-    return trt, cuda
+    return trt
+
+
+class _EngineSession:
+    """The loaded engine, its execution context, torch buffers and stream on one CUDA device.
+
+    Every method enters ``torch.cuda.device(index)`` first, so any thread may call it.
+    """
+
+    def __init__(self, path: Path, device_index: int, frame_hw: tuple[int, int], version_compatible: bool) -> None:
+        import torch
+
+        if not torch.cuda.is_available() or device_index >= torch.cuda.device_count():
+            raise RuntimeError(f"the TensorRT runner needs CUDA device {device_index}, but torch sees "
+                               f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} CUDA device(s)")
+        trt = _import_tensorrt()
+        self.path, self.frame_hw = path, frame_hw
+        self.device = torch.device("cuda", device_index)
+        with torch.cuda.device(self.device):
+            self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            if version_compatible:
+                self.runtime.engine_host_code_allowed = True
+            engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+            if engine is None:
+                raise RuntimeError(f"TensorRT could not deserialize {path} although its manifest matches this "
+                                   "machine (see TensorRT's log above): rebuild it with the command in its manifest")
+            self.engine = engine
+            self.context = engine.create_execution_context()
+            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+            inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+            if len(inputs) != 1 or set(OUTPUT_NAMES) - set(names):
+                raise RuntimeError(f"{path} has I/O {names}; expected one frame input and outputs "
+                                   f"{list(OUTPUT_NAMES)}: rebuild it with build-engine")
+            self.input = inputs[0]
+            min_shape, _, max_shape = engine.get_tensor_profile_shape(self.input, 0)
+            self.batch_min, self.batch_max = int(min_shape[0]), int(max_shape[0])
+            self.context.set_input_shape(self.input, tuple(max_shape))
+            self.stream = torch.cuda.Stream(device=self.device)
+            self.host: dict[str, Any] = {}
+            self.dev: dict[str, Any] = {}
+            for name in names:
+                shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
+                dtype = torch_dtype(trt.nptype(engine.get_tensor_dtype(name)))
+                self.dev[name] = torch.empty(shape, dtype=dtype, device=self.device)
+                self.host[name] = torch.empty(shape, dtype=dtype, pin_memory=True)
+                if not self.context.set_tensor_address(name, self.dev[name].data_ptr()):
+                    raise RuntimeError(f"TensorRT refused the device buffer of {name!r} {shape}")
+
+    def run(self, frames: npt.NDArray[np.uint8], batch: int) -> dict[str, npt.NDArray[Any]]:
+        """One engine run on ``frames [n, H, W, 3]`` padded to ``batch``; the first ``n`` outputs (copies)."""
+        import torch
+
+        n = len(frames)
+        host_in = self.host[self.input]
+        host_in[:n].copy_(torch.from_numpy(frames))
+        host_in[n:batch] = host_in[n - 1]
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            self.dev[self.input][:batch].copy_(host_in[:batch], non_blocking=True)
+            if not self.context.set_input_shape(self.input, (batch, *self.frame_hw, 3)):
+                raise RuntimeError(f"TensorRT refused the input shape {(batch, *self.frame_hw, 3)} of {self.path.name}")
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError(f"TensorRT failed to run {self.path.name} on a batch of {batch}")
+            for name in OUTPUT_NAMES:
+                self.host[name][:batch].copy_(self.dev[name][:batch], non_blocking=True)
+            self.stream.synchronize()
+        # copies: the pinned buffers are reused by the next run
+        return {name: self.host[name][:n].numpy().copy() for name in OUTPUT_NAMES}
+
+    def release(self) -> None:
+        """Wait for the stream, then drop the context, engine, runtime and buffers (in that order)."""
+        import torch
+
+        with torch.cuda.device(self.device):
+            try:
+                self.stream.synchronize()
+            finally:
+                for attr in ("context", "engine", "runtime", "dev", "host", "stream"):
+                    if hasattr(self, attr):
+                        delattr(self, attr)
 
 
 class TrtRunner(Runner):
-    """Runs a ``build-engine`` TensorRT engine on one GPU. Not thread-safe.
+    """Runs a ``build-engine`` TensorRT engine on one GPU.
+
+    ``infer`` and ``close`` are serialized by a lock: load, run and close may happen on
+    different threads; ``close`` waits for a running batch and is idempotent.
 
     Args:
         path: the engine file; ``<path>.manifest.json`` must lie next to it.
         device: ``"cuda"`` or ``"cuda:N"``.
         requirements: what the caller needs (precision, batch size, input size), checked
             against the manifest before loading.
-        cuda_graph: replay each batch size's ``execute_async_v3`` as a CUDA graph, captured
-            with ``torch.cuda.CUDAGraph`` on a torch stream (pycuda has no stream capture).
 
     Raises:
         FileNotFoundError / ValueError: no or unreadable manifest (rebuild).
         EngineIncompatibleError: the manifest rules this machine out (message has the rebuild command).
-        ImportError: TensorRT or pycuda missing. RuntimeError: TensorRT refused the engine.
+        ImportError: TensorRT missing. RuntimeError: no such CUDA device, or TensorRT refused the engine.
     """
 
-    def __init__(self, path: str | Path, device: str = "cuda", requirements: Requirements | None = None,
-                 cuda_graph: bool = False) -> None:
+    def __init__(self, path: str | Path, device: str = "cuda", requirements: Requirements | None = None) -> None:
+        self._lock = threading.Lock()
+        self._session: _EngineSession | None = None
         self.path = Path(path)
         self.device_index = parse_cuda_device(device)
         self.manifest = read_manifest(manifest_path_for(self.path))
@@ -128,124 +215,30 @@ class TrtRunner(Runner):
         self.frame_hw = self.graph.frame_size
         self.info = ModelInfo(name=self.graph.name, backend="tensorrt", device=f"cuda:{self.device_index}",
                               class_names=tuple(self.manifest.class_names))
-        self._closed = True
-        self._load(cuda_graph)
+        self._session = _EngineSession(self.path, self.device_index, self.frame_hw,
+                                       self.manifest.build.version_compatible)
 
-    # ------------------------------------------------------------------ loading
-    def _load(self, cuda_graph: bool) -> None:
-        if self.device_index != 0:
-            raise ValueError(f"pycuda's primary context is device 0; run with CUDA_VISIBLE_DEVICES={self.device_index} "
-                             "and device 'cuda' to use that GPU")
-        trt, cuda = _import_cuda_runtime()
-        self._trt, self._cuda = trt, cuda
-        logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(logger)
-        if self.manifest.build.version_compatible:
-            self._runtime.engine_host_code_allowed = True
-        engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if engine is None:
-            raise RuntimeError(f"TensorRT could not deserialize {self.path} although its manifest matches this "
-                               "machine (see TensorRT's log above): rebuild it with the command in its manifest")
-        self._engine = engine
-        self._context = engine.create_execution_context()
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        if len(inputs) != 1 or set(OUTPUT_NAMES) - set(names):
-            raise RuntimeError(f"{self.path} has I/O {names}; expected one frame input and outputs {list(OUTPUT_NAMES)}: "
-                               "rebuild it with build-engine")
-        self._input = inputs[0]
-        _, _, max_shape = engine.get_tensor_profile_shape(self._input, 0)
-        self._bmin = int(engine.get_tensor_profile_shape(self._input, 0)[0][0])
-        self._bmax = int(max_shape[0])
-        self._context.set_input_shape(self._input, tuple(max_shape))
-        self._host: dict[str, npt.NDArray[Any]] = {}
-        self._dev: dict[str, Any] = {}
-        for name in names:
-            shape = tuple(int(d) for d in self._context.get_tensor_shape(name))
-            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-            self._host[name] = cuda.pagelocked_empty(shape, dtype)
-            self._dev[name] = cuda.mem_alloc(max(self._host[name].nbytes, 1))
-            self._context.set_tensor_address(name, int(self._dev[name]))
-        self._stream = cuda.Stream()
-        self._graph_stream: Any = None
-        if cuda_graph:  # pycuda has no stream capture: torch's CUDAGraph, same primary context
-            import torch
-
-            self._graph_stream = torch.cuda.Stream(device=self.device_index)
-        self._graphs: dict[int, Any] = {}
-        self._closed = False
-
-    # ------------------------------------------------------------------ inference
-    def _execute(self, batch: int) -> None:
-        """Enqueue the engine for ``batch`` frames (inputs uploaded on ``self._stream``)."""
-        ctx, stream = self._context, self._stream
-        ctx.set_input_shape(self._input, (batch, *self.frame_hw, 3))
-        if self._graph_stream is None:
-            if not ctx.execute_async_v3(stream.handle):
-                raise RuntimeError(f"TensorRT failed to run {self.path.name} on a batch of {batch}")
-            return
-        import torch
-
-        stream.synchronize()  # the upload is on pycuda's stream, the graph runs on torch's
-        graph = self._graphs.get(batch)
-        if graph is None:  # one plain run first (TensorRT's deferred setup), then capture
-            if not ctx.execute_async_v3(stream.handle):
-                raise RuntimeError(f"TensorRT failed to run {self.path.name} on a batch of {batch}")
-            stream.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self._graph_stream):
-                ctx.execute_async_v3(self._graph_stream.cuda_stream)
-            self._graphs[batch] = graph
-        with torch.cuda.stream(self._graph_stream):
-            graph.replay()
-        self._graph_stream.synchronize()
-
-    def _run(self, frames: npt.NDArray[np.uint8], batch: int) -> list[Detections]:
-        """One engine run on ``frames`` ``[n, H, W, 3]``, padded to ``batch`` with the last frame."""
-        cuda, host, dev = self._cuda, self._host, self._dev
-        n = len(frames)
-        host_in = host[self._input]
-        host_in[:n] = frames
-        host_in[n:batch] = frames[n - 1]
-        cuda.memcpy_htod_async(dev[self._input], host_in[:batch], self._stream)
-        self._execute(batch)
-        for name in OUTPUT_NAMES:
-            cuda.memcpy_dtoh_async(host[name][:batch], dev[name], self._stream)
-        self._stream.synchronize()
-        # copies: the pinned buffers are reused by the next run
-        return unpack_detections({name: host[name][:n].copy() for name in OUTPUT_NAMES}, self.frame_hw)
+    @property
+    def closed(self) -> bool:
+        return self._session is None
 
     def infer(self, frames: Sequence[npt.NDArray[np.uint8]]) -> list[Detections]:
-        if self._closed:
-            raise RuntimeError(f"TensorRT runner for {self.path.name} is closed")
         stacked = stack_frames(frames, self.graph)  # checks dtype and the engine's frame size
-        out: list[Detections] = []
-        start = 0
-        for take, batch in batch_plan(len(stacked), self._bmin, self._bmax):
-            out += self._run(stacked[start:start + take], batch)
-            start += take
+        with self._lock:
+            session = self._session
+            if session is None:
+                raise RuntimeError(f"TensorRT runner for {self.path.name} is closed")
+            out: list[Detections] = []
+            start = 0
+            for take, batch in batch_plan(len(stacked), session.batch_min, session.batch_max):
+                outputs = session.run(stacked[start:start + take], batch)
+                out += unpack_detections(outputs, self.frame_hw)
+                start += take
         return out
 
-    def paste_on_gpu(self, detections: Detections, threshold: float = 0.5) -> npt.NDArray[np.bool_]:
-        """``bool[K, H, W]`` masks pasted on this GPU with torch (equal to ``detections.paste(threshold)``)."""
-        import torch
-
-        from engines.masks import paste_masks_torch
-
-        dev = torch.device("cuda", self.device_index)
-        h, w = detections.image_size
-        probs = paste_masks_torch(torch.from_numpy(detections.mask_probs).to(dev),
-                                  torch.from_numpy(detections.boxes).to(dev), h, w)
-        return (probs > threshold).cpu().numpy()
-
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._stream.synchronize()
-        self._graphs.clear()
-        for buf in self._dev.values():
-            buf.free()
-        self._dev.clear()
-        self._host.clear()
-        del self._context, self._engine
+        """Release the engine and its buffers; safe from any thread, waits for a running batch, idempotent."""
+        with self._lock:
+            session, self._session = self._session, None
+            if session is not None:
+                session.release()

@@ -1,35 +1,32 @@
-"""TensorRT runner and engine cache: manifest checks on recorded manifests here, the engine on the GPU box."""
+"""TensorRT runner: manifest checks on recorded manifests, locking and close semantics with a stand-in
+engine session here; the engine itself on the GPU box (and ``tools/trt_verify.py``)."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import shlex
+import subprocess
+import sys
+import threading
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pytest
+import torch
 
-from engines.engine_cache import (
-    EngineCacheMiss,
-    EngineRequest,
-    request_mismatches,
-    resolve_engine,
-)
 from engines.machine import collect_runtime_environment
 from engines.manifest import (
-    BatchProfile,
     EngineIncompatibleError,
     Manifest,
     Requirements,
-    RuntimeEnvironment,
-    TensorSpec,
-    cache_key,
     manifest_path_for,
     read_manifest,
 )
 from engines.static_io import GraphInfo, GraphMetadataError
-from engines.trt_runner import TrtRunner, batch_plan, graph_info, parse_cuda_device
+from engines.trt_runner import TrtRunner, batch_plan, graph_info, parse_cuda_device, torch_dtype
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -114,10 +111,107 @@ def test_batch_plan(n: int, lo: int, hi: int, plan: list[tuple[int, int]]) -> No
     assert batch_plan(n, lo, hi) == plan
 
 
-@pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT libraries (libnvinfer) not installed")
-def test_engine_runs_and_matches_pytorch_on_the_gpu(tiny_model_path: Path, tmp_path: Path) -> None:
-    import torch
+def test_torch_buffers_take_the_engine_tensor_dtypes() -> None:
+    expected = {np.uint8: torch.uint8, np.int32: torch.int32, np.int64: torch.int64, np.float32: torch.float32,
+                np.float16: torch.float16, np.bool_: torch.bool}
+    assert {k: torch_dtype(k) for k in expected} == expected
 
+
+def test_no_pycuda_and_no_cuda_graphs() -> None:
+    import inspect
+
+    import engines.trt_runner as module
+
+    source = inspect.getsource(module)
+    assert "import pycuda" not in source and "CUDAGraph" not in source
+    assert "cuda_graph" not in inspect.signature(TrtRunner).parameters
+    assert not hasattr(TrtRunner, "paste_on_gpu")
+    code = "import sys, engines.trt_runner; print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorrt', 'pycuda')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", "importing the runner imports neither TensorRT nor pycuda"
+
+
+# --------------------------------------------------------------------------- locking and close, stand-in session
+SMALL = dataclasses.replace(GRAPH, frame_size=(8, 12), network_size=(8, 12))
+
+
+class FakeSession:
+    """Stands in for the engine session: records the threads that ran and released it; can block a run."""
+
+    batch_min, batch_max = 1, 2
+
+    def __init__(self) -> None:
+        self.running = threading.Event()
+        self.proceed = threading.Event()
+        self.proceed.set()
+        self.runs: list[tuple[int, int]] = []
+        self.released: list[str] = []
+
+    def run(self, frames: npt.NDArray[np.uint8], batch: int) -> dict[str, npt.NDArray[Any]]:
+        self.running.set()
+        assert self.proceed.wait(30)
+        self.runs.append((len(frames), batch))
+        n = len(frames)
+        return {"counts": np.zeros(n, np.int32), "boxes": np.zeros((n, 100, 4), np.float32),
+                "scores": np.zeros((n, 100), np.float32), "labels": np.zeros((n, 100), np.int32),
+                "mask_probs": np.zeros((n, 100, 28, 28), np.float32)}
+
+    def release(self) -> None:
+        self.released.append(threading.current_thread().name)
+
+
+def _runner(session: FakeSession) -> TrtRunner:
+    """A runner around ``session``, built without TensorRT (the manifest path is covered above)."""
+    runner = TrtRunner.__new__(TrtRunner)
+    runner._lock = threading.Lock()
+    runner._session = session  # type: ignore[assignment]
+    runner.path, runner.graph, runner.frame_hw = Path("fake.plan"), SMALL, SMALL.frame_size
+    return runner
+
+
+def _frames(n: int) -> list[npt.NDArray[np.uint8]]:
+    return [np.zeros((*SMALL.frame_size, 3), np.uint8) for _ in range(n)]
+
+
+def test_infer_splits_batches_over_the_profile() -> None:
+    session = FakeSession()
+    dets = _runner(session).infer(_frames(5))
+    assert len(dets) == 5 and session.runs == [(2, 2), (2, 2), (1, 1)]
+
+
+def test_close_from_another_thread_waits_for_the_running_batch() -> None:
+    session = FakeSession()
+    runner = _runner(session)
+    session.proceed.clear()
+    worker = threading.Thread(target=runner.infer, args=(_frames(2),), name="inference")
+    worker.start()
+    assert session.running.wait(30)
+    closer = threading.Thread(target=runner.close, name="loop")
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive() and session.released == [], "close must not free buffers under a running batch"
+    session.proceed.set()
+    worker.join(30)
+    closer.join(30)
+    assert session.released == ["loop"] and runner.closed
+
+
+def test_close_is_idempotent_and_infer_after_close_is_refused() -> None:
+    session = FakeSession()
+    runner = _runner(session)
+    runner.close()
+    runner.close()
+    other = threading.Thread(target=runner.close)
+    other.start()
+    other.join(30)
+    assert session.released == ["MainThread"]
+    with pytest.raises(RuntimeError, match=r"fake\.plan is closed"):
+        runner.infer(_frames(1))
+
+
+# --------------------------------------------------------------------------- the real engine (GPU box)
+@pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT libraries (libnvinfer) not installed")
+def test_engine_runs_on_another_thread_and_matches_pytorch(tiny_model_path: Path, tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     from build_engine.cli import main
@@ -127,113 +221,15 @@ def test_engine_runs_and_matches_pytorch_on_the_gpu(tiny_model_path: Path, tmp_p
     engine = tmp_path / "tiny.plan"
     assert main(["--model", str(tiny_model_path), "--source-size", "160x120", "--batch", "1:2:4",
                  "--parity-frames", "0", "--out", str(engine)]) == 0
-    runner = TrtRunner(engine, cuda_graph=False)
+    runner = TrtRunner(engine)
     frames = [f for _, f in parity_frames(5, 120, 160)]
-    dets = runner.infer(frames)  # 5 frames: runs of 4 and 1
+    result: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: result.update(dets=runner.infer(frames)))  # 5 frames: runs of 4 and 1
+    worker.start()
+    worker.join(300)
     reference = load_runner(tiny_model_path, device="cuda").infer(frames)
-    assert [len(d) for d in dets] == [len(d) for d in reference]
-    for d in dets:
-        assert (runner.paste_on_gpu(d) == d.paste()).all()
+    assert [len(d) for d in result["dets"]] == [len(d) for d in reference]
+    closer = threading.Thread(target=runner.close)
+    closer.start()
+    closer.join(60)
     runner.close()
-    graphed = TrtRunner(engine, cuda_graph=True)
-    for _ in range(2):  # capture, then replay
-        again = graphed.infer(frames)
-        assert all((a.boxes == d.boxes).all() and (a.scores == d.scores).all() for a, d in zip(again, dets, strict=True))
-    graphed.close()
-
-
-# --------------------------------------------------------------------------- engine cache
-@pytest.fixture
-def model(tmp_path: Path) -> Path:
-    path = tmp_path / "model.safetensors"
-    path.write_bytes(b"weights of a model" * 100)
-    return path
-
-
-class Builder:
-    """Stands in for build_engine.cli.build_for_cache where TensorRT cannot run: writes a placeholder
-    engine and a real manifest for the request on the machine ``env``."""
-
-    def __init__(self, template: Manifest, env: RuntimeEnvironment) -> None:
-        self.template, self.env, self.calls = template, env, 0
-
-    def __call__(self, model_path: Path | None, engine_path: Path, request: EngineRequest) -> Path:
-        self.calls += 1
-        assert model_path is not None
-        b = self.template.build
-        manifest = dataclasses.replace(
-            self.template, environment=self.env,
-            build=dataclasses.replace(b, precision=request.precision, batch=request.batch,
-                                      weights_sha256=hashlib.sha256(model_path.read_bytes()).hexdigest()),
-            inputs=(TensorSpec("frames", "uint8", (-1, *request.frame_size, 3)),),
-            build_command=("build-engine", "--model", str(model_path), "--out", str(engine_path)))
-        engine_path.write_bytes(b"placeholder engine")
-        manifest_path_for(engine_path).write_text(manifest.to_json())
-        return engine_path
-
-
-REQUEST = EngineRequest(precision="fp16", batch=BatchProfile(1, 4, 8), source_size=(1080, 1920))
-
-
-def test_cache_builds_once_then_reuses(tmp_path: Path, model: Path, a5000: Manifest) -> None:
-    build = Builder(a5000, a5000.environment)
-    cache = tmp_path / "cache"
-
-    first = resolve_engine(model, cache, REQUEST, rebuild=True, build=build, env=a5000.environment)
-    again = resolve_engine(model, cache, REQUEST, rebuild=False, env=a5000.environment)
-
-    manifest = read_manifest(manifest_path_for(first))
-    assert first == again == cache / f"model-{cache_key(manifest)}.plan" and build.calls == 1
-    assert manifest.build_command[-1] == str(first)  # the recorded command rebuilds into the cache entry
-    assert sorted(p.name for p in cache.iterdir()) == [".build.lock", first.name, manifest_path_for(first).name]
-
-
-def test_other_needs_or_another_machine_build_another_engine(tmp_path: Path, model: Path, a5000: Manifest) -> None:
-    build = Builder(a5000, a5000.environment)
-    cache = tmp_path / "cache"
-    fp16 = resolve_engine(model, cache, REQUEST, rebuild=True, build=build, env=a5000.environment)
-    fp32 = resolve_engine(model, cache, dataclasses.replace(REQUEST, precision="fp32"), rebuild=True, build=build,
-                          env=a5000.environment)
-    newer = dataclasses.replace(a5000.environment, tensorrt_version="10.13.3.9")
-    upgraded = resolve_engine(model, cache, REQUEST, rebuild=True, build=Builder(a5000, newer), env=newer)
-
-    assert len({fp16, fp32, upgraded}) == 3 and build.calls == 2
-
-
-def test_cache_miss_without_rebuild_says_why(tmp_path: Path, model: Path, a5000: Manifest) -> None:
-    cache = tmp_path / "cache"
-    resolve_engine(model, cache, REQUEST, rebuild=True, build=Builder(a5000, a5000.environment), env=a5000.environment)
-
-    with pytest.raises(EngineCacheMiss) as info:
-        resolve_engine(model, cache, dataclasses.replace(REQUEST, batch=BatchProfile(1, 8, 16)), rebuild=False,
-                       env=dataclasses.replace(a5000.environment, compute_capability="8.9"))
-    msg = str(info.value)
-    assert "batch 1..8, need 1..16" in msg and "environment.compute_capability: engine has 8.6, here 8.9" in msg
-    assert "build-engine" in msg
-
-
-def test_renamed_engine_is_not_trusted(tmp_path: Path, model: Path, a5000: Manifest) -> None:
-    cache = tmp_path / "cache"
-    built = resolve_engine(model, cache, REQUEST, rebuild=True, build=Builder(a5000, a5000.environment),
-                           env=a5000.environment)
-    renamed = cache / "model-0000000000000000.plan"
-    built.rename(renamed)
-    manifest_path_for(built).rename(manifest_path_for(renamed))
-
-    with pytest.raises(EngineCacheMiss, match="no engines there"):
-        resolve_engine(model, cache, REQUEST, rebuild=False, env=a5000.environment)
-
-
-def test_request_mismatches(a5000: Manifest) -> None:
-    sha = a5000.build.weights_sha256
-    served = dataclasses.replace(a5000, inputs=(TensorSpec("frames", "uint8", (-1, 800, 1344, 3)),))
-    request = EngineRequest(precision="fp16", batch=BatchProfile(1, 2, 4), input_size=(800, 1344))
-
-    assert request_mismatches(served, request, sha) == []
-    assert request_mismatches(served, request, "0" * 64) == ["built from other weights"]
-    assert request_mismatches(served, dataclasses.replace(request, roi_align="onnx"), sha) == [
-        "RoIAlign plugin, need onnx"]
-    failed = dataclasses.replace(served, parity={"passed": False})
-    assert request_mismatches(failed, request, sha) == ["its parity check against PyTorch failed"]
-    with pytest.raises(ValueError, match="exactly one of source_size"):
-        EngineRequest(source_size=(1080, 1920), input_size=(800, 1344))
