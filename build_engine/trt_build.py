@@ -237,6 +237,8 @@ def build_engine_file(opts: EngineBuildOptions, on_phase: Callable[[str, int, in
         raise EngineBuildError(parser_error_report(opts.onnx_path, errors))
 
     config = builder.create_builder_config()
+    if hasattr(trt, "ProfilingVerbosity") and hasattr(config, "profiling_verbosity"):
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer types and precisions for the inspector
     if opts.workspace_bytes is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_bytes))
     profile = builder.create_optimization_profile()
