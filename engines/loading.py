@@ -57,12 +57,29 @@ def load_checkpoint(path: str | Path, **overrides: Any) -> LoadedModel:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for foreign files
-        raise ModelLoadError(f"{path}: not a loadable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+        raise ModelLoadError(f"{path}: {_checkpoint_refusal(e)}; expected a torchvision Mask R-CNN "
+                             "state dict (or a training checkpoint holding one under 'model') saved "
+                             "with torch.save, or a .safetensors model file") from e
     try:
         model = model_from_state_dict(obj, **overrides)
     except StateDictError as e:
         raise ModelLoadError(f"{path}: {e}") from e
     return LoadedModel(model, default_class_names(model.cfg.num_classes), path.stem)
+
+
+def _checkpoint_refusal(err: Exception) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` refused a file.
+
+    PyTorch's own message spans many lines and suggests ``weights_only=False`` (which would run
+    code from the file); only the name of the offending Python object is kept.
+    """
+    text = str(err)
+    for line in text.splitlines():
+        if "WeightsUnpickler error:" in line:
+            detail = line.split("WeightsUnpickler error:", 1)[1].split(" was not an allowed", 1)[0].strip()
+            return f"holds Python objects besides tensors, refused for safety ({detail})"
+    first = " ".join(text.split())[:120] or type(err).__name__
+    return f"not a PyTorch checkpoint ({type(err).__name__}: {first})"
 
 
 def load_model(path: str | Path | None, **overrides: Any) -> LoadedModel:

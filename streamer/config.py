@@ -24,12 +24,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from streamer.redact import REDACTED, is_secret_key, redact_secrets
 from streamer.sinks.config import JsonlSinkConfig, SinkConfig, parse_sink_spec
 
 SourceKind = Literal["file", "live"]
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp"})
+HOST_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https"})
+"""Schemes whose URLs must name a host (``udp://:1234``, ``srt://:9000?mode=listener`` need none)."""
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9108"
 
@@ -47,10 +59,12 @@ class ReconnectConfig(_Strict):
 
     initial_delay_s: float = Field(default=0.5, gt=0)
     """Upper bound of the first retry delay; doubles per consecutive failure."""
-    max_delay_s: float = Field(default=30.0, gt=0)
-    """Cap of the retry delay upper bound."""
-    healthy_after_s: float = Field(default=30.0, ge=0)
-    """A connection delivering frames this long resets the backoff to ``initial_delay_s``."""
+    max_delay_s: float = Field(default=2.0, gt=0)
+    """Cap of the retry delay upper bound. 2 s: a camera that comes back is retried within 2 s
+    (a retry every second on average while it stays down: one TCP connect, cheap for the camera)."""
+    healthy_after_s: float = Field(default=5.0, ge=0)
+    """A connection delivering frames this long resets the backoff to ``initial_delay_s``. Kept
+    short (and above ``max_delay_s``) so a camera flapping every 15-25 s resets it on each return."""
     max_attempts: int | None = Field(default=None, ge=1)
     """Consecutive failures before the stream is ``failed`` for good (unset: retry forever)."""
 
@@ -66,11 +80,11 @@ class SourceConfig(_Strict):
     password_env: str | None = None
     format: str | None = None
     """FFmpeg input format (``v4l2`` is implied for ``/dev/video*``)."""
-    live: bool | None = None
+    live: StrictBool | None = None
     """Drop oldest frames when behind (default: true for network/devices, false for files)."""
-    loop: bool = False
+    loop: StrictBool = False
     """Files: restart at the end instead of ending."""
-    realtime: bool = True
+    realtime: StrictBool = True
     """Files: decode at the file's own frame rate (false: as fast as the pipeline takes them)."""
     transport: Literal["tcp", "udp"] | None = None
     """RTSP transport (FFmpeg ``rtsp_transport``)."""
@@ -96,6 +110,7 @@ class SourceConfig(_Strict):
         missing = [v for v in _ENV_REF.findall(url) if v not in os.environ]
         if missing:
             raise ValueError(f"environment variable(s) {', '.join(missing)} referenced as ${{...}} are not set")
+        check_network_url(_ENV_REF.sub(lambda m: os.environ[m.group(1)], url))
         return url
 
     @model_validator(mode="after")
@@ -152,7 +167,8 @@ class InferenceConfig(_Strict):
     model: str | None = None
     """Model file (``.safetensors``, ``.pth``, ``.onnx``, ``.engine``); unset: the embedded demo model."""
     device: str = "cpu"
-    backend: str | None = None
+    """``cpu``, ``cuda`` or ``cuda:N``."""
+    backend: Literal["pytorch", "onnxruntime", "tensorrt"] | None = None
     score_threshold: float = Field(default=0.5, ge=0, le=1)
     mask_threshold: float = Field(default=0.5, gt=0, lt=1)
     postprocess_workers: int = Field(default=2, ge=1, le=32)
@@ -160,9 +176,16 @@ class InferenceConfig(_Strict):
     max_batches_in_flight: int = Field(default=4, ge=1)
     """Inferred batches waiting for postprocessing/publishing before inference pauses."""
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not _DEVICE.fullmatch(device):
+            raise ValueError("expected cpu, cuda or cuda:N (N: the GPU index)")
+        return device
+
 
 class MetricsConfig(_Strict):
-    enabled: bool = True
+    enabled: StrictBool = True
     address: str = DEFAULT_METRICS_ADDRESS
     """HOST:PORT of ``/metrics``, ``/healthz`` and ``/readyz`` (port 0: any free port)."""
 
@@ -202,6 +225,26 @@ class StreamerConfig(_Strict):
         if dupes:
             raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
         return sources
+
+
+def check_network_url(url: str) -> None:
+    """ValueError if a network URL has an invalid port, or no host where its scheme needs one.
+
+    Never echoes the URL (it may hold expanded secrets); the caller's error names the key.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in LIVE_SCHEMES:
+        return
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("invalid port: expected a number in 1..65535 after HOST:") from None
+    if scheme in HOST_SCHEMES:
+        if not parts.hostname:
+            raise ValueError(f"no host in the URL; expected {scheme}://HOST[:PORT]/PATH")
+        if port == 0:
+            raise ValueError("invalid port 0: expected a number in 1..65535 after HOST:")
 
 
 def parse_host_port(address: str) -> tuple[str, int]:
@@ -294,24 +337,34 @@ def with_defaults(cfg: StreamerConfig) -> StreamerConfig:
 def _source_spec(spec: str) -> dict[str, Any]:
     name, sep, url = spec.partition("=")
     if not sep or not name or not url:
-        raise ConfigError(f"--source: expected NAME=URL (e.g. cam1=rtsp://10.0.0.5/stream), got {spec!r}")
+        raise ConfigError(f"--source: expected NAME=URL (e.g. cam1=rtsp://10.0.0.5/stream), "
+                          f"got {redact_secrets(spec)!r}")
     return {"name": name, "url": url}
 
 
 def format_validation_error(err: ValidationError, root: type[BaseModel], origin: str) -> str:
-    """One line per pydantic error: ``origin: key.path = value: what is allowed``."""
+    """One line per pydantic error: ``origin: key.path = value: what is allowed``.
+
+    Secrets are never echoed: a table or list is not printed (only its key path), a secret key's
+    value (``password``, ``token``, ...) is ``***``, and URL credentials and secret query values
+    in anything printed are redacted.
+    """
     lines = []
     for e in err.errors(include_url=False):
         path, parent = _key_path(root, e["loc"])
         where = f"{origin}: {path or '(top level)'}"
+        key = str(e["loc"][-1]) if e["loc"] else ""
         if e["type"] == "missing":
-            lines.append(f"{where}: required key is missing")
+            line = f"{where}: required key is missing"
         elif e["type"] == "extra_forbidden":
             allowed = ", ".join(parent.model_fields) if parent else "none"
-            lines.append(f"{where} = {_short(e['input'])}: unknown key; allowed keys here: {allowed}")
+            line = f"{where}{_shown(e['input'], key)}: unknown key; allowed keys here: {allowed}"
+        elif e["type"] == "bool_type":
+            line = f"{where}{_shown(e['input'], key)}: expected true or false (a TOML boolean, unquoted)"
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{where} = {_short(e['input'])}: {msg}")
+            line = f"{where}{_shown(e['input'], key)}: {msg}"
+        lines.append(redact_secrets(" ".join(line.split())))
     return "\n".join(lines)
 
 
@@ -362,6 +415,12 @@ def _union_members(tp: Any) -> dict[str, type[BaseModel]]:
     return members
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def _shown(value: Any, key: str, limit: int = 60) -> str:
+    """`` = value`` for an error line: nothing for tables and lists (they may hold secrets),
+    ``***`` for a secret key, else the value's repr, cut at ``limit`` characters."""
+    if isinstance(value, dict | list | tuple):
+        return ""
+    if is_secret_key(key):
+        return f" = {REDACTED}"
     text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return f" = {text if len(text) <= limit else text[: limit - 3] + '...'}"

@@ -16,8 +16,10 @@ Stream states, logged on each transition and exported as ``streamer_stream_state
 
 Reconnection waits ``uniform(0, min(max_delay, initial_delay * 2**attempt))`` (exponential
 backoff with full jitter, never a tight loop); a connection that delivered frames for
-``healthy_after_s`` resets ``attempt``. The stall watchdog is PyAV's read timeout (no packet for
-``stall_timeout_s``) plus a check that packets still yield frames within that time.
+``healthy_after_s`` resets ``attempt``. The stall watchdog: no packet for ``stall_timeout_s``
+(PyAV's read timeout, plus :func:`guard_stalls`: FFmpeg answers the first read timeout with the
+packet its parser held back, so without it a stall took twice the setting), or packets that yield
+no frame for that long.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import av
 import av.codec.hwaccel
@@ -46,6 +48,38 @@ from streamer.redact import redact_url
 
 log = logging.getLogger("streamer.sources")
 _T = TypeVar("_T")
+
+
+class _StallGuard:
+    """A container stand-in for :func:`~streamer.decode.decode_video` whose ``demux`` raises
+    :class:`StallError` once a packet took ``stall_timeout_s`` or longer to arrive.
+
+    FFmpeg's read timeout (the interrupt callback) returns ``AVERROR_EXIT`` on the *second* timeout
+    of a frozen stream: on the first, ``av_read_frame`` flushes the H.264 parser and returns the
+    access unit it held back. Timing each read here detects the stall at the first timeout.
+    """
+
+    def __init__(self, container: av.container.InputContainer, stall_timeout_s: float) -> None:
+        self._container = container
+        self._timeout = stall_timeout_s
+
+    def demux(self, stream: Any) -> Iterator[Any]:
+        packets = self._container.demux(stream)
+        while True:
+            asked = time.monotonic()
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except av.ExitError:  # the read timeout's interrupt
+                raise StallError(_stall_reason(self._timeout)) from None
+            if time.monotonic() - asked >= self._timeout:
+                raise StallError(_stall_reason(self._timeout))
+            yield packet
+
+
+def _stall_reason(timeout: float) -> str:
+    return f"stalled: no data for {timeout:g} s (stall_timeout_s)"
 
 
 def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
@@ -76,7 +110,9 @@ class SourceWorker:
         self._hwaccel = cfg.hwaccel
         """Hardware decoder device type; None once it proved unavailable."""
         self._reported_decoder = False
-        self._fps_window = (time.monotonic(), 0)
+        self._fps_window: tuple[float, int] | None = None
+        """(start, frames) of the input-rate window; None until the first frame of a connection."""
+        self._last_frame = 0.0
         self._cpu_mark = 0.0
         self.thread = threading.Thread(target=self._run, name=f"decode-{cfg.name}", daemon=True)
 
@@ -105,7 +141,8 @@ class SourceWorker:
                 try:
                     with self._open() as frames:
                         self._set_state("up")
-                        up_since = time.monotonic()
+                        up_since = self._last_frame = time.monotonic()
+                        self._fps_window = None  # a reconnect's burst of buffered frames is no rate
                         finished = self._deliver_all(frames)
                     if self.stop_event.is_set() or (finished and self.cfg.kind == "file"):
                         break
@@ -118,7 +155,8 @@ class SourceWorker:
                     if self.cfg.kind == "file":
                         self._set_state("failed", reason)
                         return
-                if up_since is not None and time.monotonic() - up_since >= self.cfg.reconnect.healthy_after_s:
+                # Healthy = frames kept coming that long (a stall's silent wait does not count).
+                if up_since is not None and self._last_frame - up_since >= self.cfg.reconnect.healthy_after_s:
                     attempt = 0
                 attempt += 1
                 limit = self.cfg.reconnect.max_attempts
@@ -157,7 +195,8 @@ class SourceWorker:
         try:
             stream = container.streams.video[0]
             self._report_decoder(stream.codec_context)
-            yield decode_video(container, stream, stall_timeout_s=self.cfg.stall_timeout_s)
+            guarded = cast(av.container.InputContainer, _StallGuard(container, self.cfg.stall_timeout_s))
+            yield decode_video(guarded, stream, stall_timeout_s=self.cfg.stall_timeout_s)
         finally:
             container.close()
 
@@ -181,8 +220,11 @@ class SourceWorker:
         if self.cfg.transport:
             options["rtsp_transport"] = self.cfg.transport
         accel = av.codec.hwaccel.HWAccel(device_type=hwaccel, allow_software_fallback=True) if hwaccel else None
-        container = av.open(self.cfg.resolved_url(), options=options, format=self.cfg.input_format,
-                            timeout=(self.cfg.open_timeout_s, self.cfg.stall_timeout_s), hwaccel=accel)
+        try:
+            container = av.open(self.cfg.resolved_url(), options=options, format=self.cfg.input_format,
+                                timeout=(self.cfg.open_timeout_s, self.cfg.stall_timeout_s), hwaccel=accel)
+        except av.ExitError:  # the open timeout's interrupt
+            raise TimeoutError(f"no answer within {self.cfg.open_timeout_s:g} s (open_timeout_s)") from None
         if not container.streams.video:
             container.close()
             raise ValueError("no video stream in the input")
@@ -232,7 +274,8 @@ class SourceWorker:
         cpu = time.thread_time()  # this thread's CPU since the last frame: demux, decode, RGB
         self.metrics.stage_cpu.labels("decode").inc(cpu - self._cpu_mark)
         self._cpu_mark = cpu
-        frame = Frame(self.name, self.display_url, self.next_index, pts, time.time(), time.monotonic(), image)
+        self._last_frame = time.monotonic()
+        frame = Frame(self.name, self.display_url, self.next_index, pts, time.time(), self._last_frame, image)
         self.metrics.frames_decoded.labels(stream=self.name).inc()
         self._count_fps()
         if not self.handoff.deliver(frame):
@@ -241,8 +284,13 @@ class SourceWorker:
         return True
 
     def _count_fps(self) -> None:
-        start, count = self._fps_window
-        now, count = time.monotonic(), count + 1
+        """Frames per second over windows of >= 1 s that start at a frame: the first frame of a
+        connection opens a window instead of counting, so the rate is frames *between* frames."""
+        now = time.monotonic()
+        if self._fps_window is None:
+            self._fps_window = (now, 0)
+            return
+        start, count = self._fps_window[0], self._fps_window[1] + 1
         if now - start >= 1.0:
             self.metrics.input_fps.labels(stream=self.name).set(count / (now - start))
             start, count = now, 0

@@ -21,6 +21,8 @@ Options that have no place in the spec go in a query string: ``mqtt://host/t?qos
 from __future__ import annotations
 
 import os
+import socket
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -29,11 +31,13 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from streamer.redact import redact_secrets
 from streamer.schema import MaskEncoding
 
 DEFAULT_BUFFER = 256
@@ -65,9 +69,39 @@ class JsonlSinkConfig(_SinkBase):
     backups: int = Field(default=5, ge=0)
     """Rotated files kept: ``PATH.1`` (newest) … ``PATH.N``."""
 
+    @field_validator("path")
+    @classmethod
+    def _writable(cls, path: str) -> str:
+        problem = None if path == "-" else jsonl_path_problem(path)
+        if problem is not None:
+            raise ValueError(problem)
+        return path
+
     @property
     def label(self) -> str:
         return "jsonl:stdout" if self.path == "-" else f"jsonl:{self.path}"
+
+
+def jsonl_path_problem(path: str) -> str | None:
+    """Why this process could not write the JSONL file ``path``; None if it can.
+
+    Checked when the configuration is loaded (``config check`` and the daemon's start): no retry
+    fixes a missing directory or a missing permission, so it is a configuration error.
+    """
+    target = Path(path)
+    parent = target.parent
+    if target.is_dir():
+        return "is a directory; give a file path inside it (e.g. DIR/frames.jsonl)"
+    if not parent.exists():
+        return f"directory {str(parent)!r} does not exist; create it or choose another path"
+    if not parent.is_dir():
+        return f"{str(parent)!r} is not a directory; choose another path"
+    if target.exists():
+        if not os.access(target, os.W_OK):
+            return "the file exists and is not writable by this user; fix its permissions or choose another path"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        return f"directory {str(parent)!r} is not writable by this user; fix its permissions or choose another path"
+    return None
 
 
 class MqttSinkConfig(_SinkBase):
@@ -80,16 +114,17 @@ class MqttSinkConfig(_SinkBase):
     """Topic template; ``{stream}`` is replaced by the stream name."""
     qos: int = Field(default=0, ge=0, le=2)
     """MQTT QoS of frame messages: 0 at most once, 1 at least once, 2 exactly once."""
-    tls: bool = False
+    tls: StrictBool = False
     ca_file: str | None = None
     """CA bundle for TLS (unset: the system trust store)."""
     username: str | None = None
     password: SecretStr | None = None
     password_env: str | None = None
     """Environment variable holding the password (preferred to ``password``)."""
-    status_topic: str = "maskrcnn/status"
-    """Retained ``online`` on connect; ``offline`` on clean close and as the last will. Give each
-    daemon sharing a broker its own (e.g. ``maskrcnn/gpu-host-1/status``)."""
+    status_topic: str = "maskrcnn/{host}/status"
+    """Retained ``online`` on connect; ``offline`` on clean close and as the last will.
+    ``{host}`` is this machine's host name, so daemons on different hosts sharing a broker do not
+    overwrite each other's status; give two daemons on one host their own."""
     client_id: str = ""
     """MQTT client id (empty: the broker assigns one)."""
     keepalive: int = Field(default=30, ge=5, le=65535)
@@ -118,6 +153,12 @@ class MqttSinkConfig(_SinkBase):
         if self.ca_file is not None and not self.tls:
             raise ValueError("ca_file applies to TLS connections only; set tls = true")
         return self
+
+    @property
+    def resolved_status_topic(self) -> str:
+        """``status_topic`` with ``{host}`` replaced by this machine's host name (MQTT-safe)."""
+        host = socket.gethostname() or "localhost"
+        return self.status_topic.replace("{host}", host.replace("/", "_").replace("+", "_").replace("#", "_"))
 
     @property
     def label(self) -> str:
@@ -164,7 +205,7 @@ def parse_sink_spec(spec: str) -> JsonlSinkConfig | MqttSinkConfig | ZmqSinkConf
     options: dict[str, Any] = dict(parse_qsl(query, keep_blank_values=True))
     kind, sep, rest = body.partition(":")
     if not sep or not rest:
-        raise ValueError(f"bad sink spec {spec!r}: {_SPEC_HELP}")
+        raise ValueError(f"bad sink spec {_redact_spec(spec)!r}: {_SPEC_HELP}")
     try:
         if kind == "jsonl":
             return JsonlSinkConfig(type="jsonl", path=rest, **options)
@@ -176,7 +217,7 @@ def parse_sink_spec(spec: str) -> JsonlSinkConfig | MqttSinkConfig | ZmqSinkConf
         raise ValueError(f"bad sink spec {_redact_spec(spec)!r}: {_describe(err)}") from None
     except ValueError as err:
         raise ValueError(f"bad sink spec {_redact_spec(spec)!r}: {err}") from None
-    raise ValueError(f"bad sink spec {spec!r}: unknown sink type {kind!r}; {_SPEC_HELP}")
+    raise ValueError(f"bad sink spec {_redact_spec(spec)!r}: unknown sink type {redact_secrets(kind)!r}; {_SPEC_HELP}")
 
 
 def _mqtt_spec(url: str, tls: bool, options: dict[str, Any]) -> MqttSinkConfig:
@@ -206,5 +247,5 @@ def _describe(err: ValidationError) -> str:
 def _redact_spec(spec: str) -> str:
     scheme, sep, rest = spec.partition("://")
     if sep and "@" in rest.split("/", 1)[0]:
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return spec
+        return redact_secrets(f"{scheme}://***@{rest.split('@', 1)[1]}")
+    return redact_secrets(spec)

@@ -58,6 +58,7 @@ class MqttSink(BufferedSink):
         self._accepted = 0  # frame messages paho took
         self._completed = 0  # frame messages paho reported published (or that were lost)
         self._status_mids: set[int] = set()
+        self._status_topic = cfg.resolved_status_topic
         self._closing = False
 
     # -- transport hooks (worker thread) --------------------------------------------------------
@@ -65,7 +66,7 @@ class MqttSink(BufferedSink):
     def _open(self) -> None:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.cfg.client_id,
                              protocol=mqtt.MQTTv311, clean_session=True)
-        client.will_set(self.cfg.status_topic, STATUS_OFFLINE, qos=1, retain=True)
+        client.will_set(self._status_topic, STATUS_OFFLINE, qos=1, retain=True)
         if self.cfg.username is not None:
             client.username_pw_set(self.cfg.username, self.cfg.resolved_password())
         if self.cfg.tls:
@@ -114,7 +115,7 @@ class MqttSink(BufferedSink):
         if self._connected.is_set():
             remaining = self._deadline - time.monotonic()
             try:
-                info = client.publish(self.cfg.status_topic, STATUS_OFFLINE, qos=1, retain=True)
+                info = client.publish(self._status_topic, STATUS_OFFLINE, qos=1, retain=True)
                 info.wait_for_publish(min(STATUS_TIMEOUT_S, max(0.1, remaining)))
             except (RuntimeError, ValueError) as err:
                 log.warning("sink %s: could not publish the offline status: %s", self.name, err)
@@ -138,7 +139,7 @@ class MqttSink(BufferedSink):
             self._metrics.sink_errors.labels(self.name).inc()
             log.warning("sink %s: broker refused the connection: %s", self.name, reason_code)
             return
-        info = client.publish(self.cfg.status_topic, STATUS_ONLINE, qos=1, retain=True)
+        info = client.publish(self._status_topic, STATUS_ONLINE, qos=1, retain=True)
         with self._lock:
             self._status_mids.add(info.mid)
         self._connected.set()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,7 @@ from streamer.config import (
     with_defaults,
 )
 from streamer.config_cli import check_command
-from streamer.redact import RedactingFilter, redact_url
+from streamer.redact import RedactingFilter, redact_secrets, redact_url
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "config" / "streamer.toml"
@@ -54,14 +56,13 @@ def test_unknown_and_missing_keys() -> None:
     assert "test.toml: sources[0].url: required key is missing" in lines
     unknown = next(line for line in lines if ".urll" in line)
     assert "unknown key; allowed keys here: name, url," in unknown
-    assert any(line.startswith("test.toml: bathcing = {}: unknown key; allowed keys here: sources, sinks,")
+    assert any(line.startswith("test.toml: bathcing: unknown key; allowed keys here: sources, sinks,")
                for line in lines)
 
 
 def test_rules_across_keys() -> None:
     dup = errors_of({"sources": [{"name": "a", "url": "x.mp4"}, {"name": "a", "url": "y.mp4"}]})
-    assert len(dup) == 1 and dup[0].startswith("test.toml: sources = [{'name': 'a', 'url': 'x.mp4'}")
-    assert dup[0].endswith("...: source names must be unique; repeated: a")  # long values are cut
+    assert dup == ["test.toml: sources: source names must be unique; repeated: a"]  # tables are not echoed
     loop = errors_of({"sources": [{"name": "a", "url": "rtsp://h/s", "loop": True}]})
     assert len(loop) == 1 and "sources[0]" in loop[0] and "loop applies to file sources only" in loop[0]
     transport = errors_of({"sources": [{"name": "a", "url": "clip.mp4", "transport": "tcp"}]})
@@ -152,3 +153,125 @@ def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         f"error: {bad}: batching.max_wait = 1: unknown key; allowed keys here: "
         "max_batch_size, max_wait_s, queue_size, staleness_s",
     ]
+
+
+# -- secrets never in errors; permanent mistakes refused (issue 11) -------------------------------
+
+SECRET = "s3cretPW"
+
+
+def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m streamer.cli ARGV`` (``run`` stops at the config: it is invalid)."""
+    return subprocess.run([sys.executable, "-m", "streamer.cli", *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def assert_error_lines(result: subprocess.CompletedProcess[str], *expected: str) -> None:
+    """Exit 2, every stderr line an ``error:`` line, no secret, each expected fragment present."""
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result.stderr
+    assert lines and all(line.startswith("error: ") for line in lines), result.stderr
+    assert SECRET not in result.stderr and "Traceback" not in result.stderr
+    for fragment in expected:
+        assert any(fragment in line for line in lines), (fragment, lines)
+
+
+def test_config_errors_never_print_credentials(tmp_path: Path) -> None:
+    """A credentialed URL in a table with an error elsewhere, a ${VAR} error on it, an MQTT
+    password without username: the key and the rule are named, the secret is not printed, by
+    ``config check`` and by ``run``, from the file, ``*_env`` variables and the command line."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f"""
+[[sources]]
+name = "cam1"
+url = "rtsp://user:{SECRET}@127.0.0.1/cam"
+loop = true
+[[sources]]
+name = "cam2"
+url = "rtsp://user:{SECRET}@127.0.0.1/${{NOT_SET_VAR_X}}"
+[[sources]]
+name = "cam3"
+url = "rtsps://cdn.example/live?token={SECRET}&x=1"
+transport = "quic"
+[[sources]]
+name = "cam4"
+url = "rtsp://127.0.0.1:99999/x"
+password_env = "CAM4_PASSWORD"
+username_env = "CAM4_USER_NOT_SET"
+[[sinks]]
+type = "mqtt"
+host = "127.0.0.1"
+password = "{SECRET}"
+[[sinks]]
+type = "mqtt"
+host = "127.0.0.1"
+username = "u"
+password = 12345
+""")
+    env = {"CAM4_PASSWORD": SECRET}
+    expected = ("sources[0]: loop applies to file sources only",
+                "sources[1].url = 'rtsp://***@127.0.0.1/${NOT_SET_VAR_X}': environment variable(s) NOT_SET_VAR_X",
+                "sources[2].transport = 'quic'",
+                "sources[3].username_env = 'CAM4_USER_NOT_SET': environment variable",
+                "sinks[0]: a password needs a username",
+                "sinks[1].password = ***: Input should be a valid string")
+    assert_error_lines(run_cli("config", "check", str(bad), env=env), *expected)
+    assert_error_lines(run_cli("run", "--config", str(bad), env=env), *expected)
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert SECRET not in str(info.value)
+
+    cli = run_cli("run", "--source", f"cam=rtsp://user:{SECRET}@127.0.0.1:99999/x", "--metrics-address", "off")
+    assert_error_lines(cli, "command line: sources[0].url = 'rtsp://***@127.0.0.1:99999/x': invalid port")
+    assert_error_lines(run_cli("run", "--source", f"rtsp://user:{SECRET}@h/s"), "--source: expected NAME=URL")
+    assert_error_lines(run_cli("run", "--sink", f"mqtt//user:{SECRET}@h/t"), "--sink: bad sink spec")
+    assert_error_lines(run_cli("run", "--sink", f"mqtt://user:{SECRET}@h:0/t"), "--sink: bad sink spec")
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ('[[sources]]\nname = "c"\nurl = "rtsp://"', "sources[0].url = 'rtsp://': no host in the URL"),
+    ('[[sources]]\nname = "c"\nurl = "rtsp://127.0.0.1:99999/x"', "sources[0].url = 'rtsp://127.0.0.1:99999/x': "
+     "invalid port"),
+    ('[[sources]]\nname = "c"\nurl = "clip.mp4"\nloop = "yes"', "sources[0].loop = 'yes': expected true or false"),
+    ('[inference]\nbackend = "bogus"', "inference.backend = 'bogus': Input should be 'pytorch', 'onnxruntime' "
+     "or 'tensorrt'"),
+    ('[inference]\ndevice = "gpu"', "inference.device = 'gpu': expected cpu, cuda or cuda:N"),
+    ('[[sinks]]\ntype = "jsonl"\npath = "/nonexistent/dir/out.jsonl"',
+     "sinks[0].path = '/nonexistent/dir/out.jsonl': directory '/nonexistent/dir' does not exist"),
+])
+def test_permanent_mistakes_are_config_errors(tmp_path: Path, body: str, expected: str) -> None:
+    """No retry fixes these: ``config check`` finds them, ``run`` refuses to start (exit 2)."""
+    path = tmp_path / "s.toml"
+    path.write_text(body + "\n")
+    assert_error_lines(run_cli("config", "check", str(path)), f"{path}: {expected}")
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(path)
+
+
+def test_unwritable_jsonl_sink_stops_run_at_start(tmp_path: Path) -> None:
+    """``--sink jsonl:/nonexistent/dir/out.jsonl`` used to retry forever, drop everything and
+    exit 0; now ``run`` exits 2 before starting anything. A directory or a file under a file too."""
+    result = run_cli("run", "--sink", "jsonl:/nonexistent/dir/out.jsonl", "--metrics-address", "off")
+    assert_error_lines(result, "--sink: bad sink spec 'jsonl:/nonexistent/dir/out.jsonl': path: directory "
+                               "'/nonexistent/dir' does not exist")
+    (tmp_path / "file").write_text("")
+    for path, reason in ((tmp_path, "is a directory"), (tmp_path / "file" / "x.jsonl", "is not a directory")):
+        with pytest.raises(ConfigError, match=reason):
+            load_config(None, Overrides(sinks=(f"jsonl:{path}",)))
+    assert load_config(None, Overrides(sinks=(f"jsonl:{tmp_path / 'ok.jsonl'}",))).sinks
+
+
+def test_reconnect_defaults_catch_flapping_cameras() -> None:
+    """The backoff cap stays below the healthy period, and that period is short: a camera up for
+    15-25 s between outages resets its backoff each time and is retried within 2 s of returning."""
+    r = SourceConfig(name="c", url="rtsp://h/s").reconnect
+    assert r.max_delay_s <= 2.0 < r.healthy_after_s <= 5.0
+    assert r.initial_delay_s <= r.max_delay_s and r.max_attempts is None
+    shipped = SHIPPED.read_text()
+    assert f"# max_delay_s = {r.max_delay_s}" in shipped and f"# healthy_after_s = {r.healthy_after_s}" in shipped
+
+
+def test_redaction_of_query_tokens_and_bare_userinfo() -> None:
+    assert redact_url("https://cdn/x.m3u8?token=abc&x=1") == "https://cdn/x.m3u8?token=***&x=1"
+    assert redact_secrets("mqtt//u:pw@h/t") == "mqtt//***@h/t"
+    assert redact_secrets("/srv/a@b.mp4") == "/srv/a@b.mp4"
