@@ -73,8 +73,9 @@ def paste_boxes_torch(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int
     """Box-local binary masks on ``mask_probs``' device: ``(x0, y0, Tensor[h, w] bool)`` per instance.
 
     ``mask_probs`` is ``Tensor[K, M, M]`` (probabilities of the predicted class), ``boxes``
-    ``Tensor[K, 4]`` finite xyxy frame pixels, ``x1 <= x2``, ``y1 <= y2``. Exactly torchvision's
-    paste restricted to each box, thresholded ``> threshold``.
+    ``Tensor[K, 4]`` xyxy frame pixels. Exactly torchvision's paste restricted to each box,
+    thresholded ``> threshold``. A box torchvision could not paste (a NaN/inf coordinate, or
+    ``x2 < x1``/``y2 < y1``: never from a sound runner) gets an empty mask.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"pasting masks needs a positive frame size, got height={height}, width={width}")
@@ -83,12 +84,14 @@ def paste_boxes_torch(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int
         return []
     scale = float(m + 2 * PADDING) / m
     padded = F.pad(mask_probs.float(), (PADDING,) * 4)
-    grown = expand_boxes(boxes.to(torch.float32), scale).to(torch.int64).cpu().tolist()
+    b = boxes.to(torch.float32)
+    sound = (torch.isfinite(b).all(dim=1) & (b[:, 2] >= b[:, 0]) & (b[:, 3] >= b[:, 1])).cpu().tolist()
+    grown = expand_boxes(torch.nan_to_num(b), scale).to(torch.int64).cpu().tolist()
     out: list[tuple[int, int, torch.Tensor]] = []
     for i, (x1, y1, x2, y2) in enumerate(grown):
         x0, xe = min(max(x1, 0), width), min(max(x2 + 1, 0), width)
         y0, ye = min(max(y1, 0), height), min(max(y2 + 1, 0), height)
-        if x0 >= xe or y0 >= ye:  # wholly outside the frame: torchvision pastes nothing
+        if not sound[i] or x0 >= xe or y0 >= ye:  # unsound, or wholly outside the frame: nothing to paste
             out.append((x0, y0, torch.zeros((0, 0), dtype=torch.bool, device=padded.device)))
             continue
         w, h = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)
