@@ -219,6 +219,8 @@ class Daemon:
         for stream in self.streams.values():
             stream.worker.stop()
         self._batcher.close()
+        waiting = (self._batcher.pending(), self._publisher.in_flight() if self._publisher else 0,
+                   self._publisher.published_total() if self._publisher else 0)
         code = 0
         pipeline = self._pipeline
         if pipeline is not None and not await self._until(asyncio.shield(pipeline), deadline - loop.time()):
@@ -236,7 +238,21 @@ class Daemon:
             code = 1
         for stream in self.streams.values():
             await asyncio.to_thread(stream.worker.join, max(0.0, min(1.0, deadline - loop.time())))
+        log.info("drained: %s", self._drain_summary(*waiting))
         return code
+
+    def _drain_summary(self, frames: int, batches: int, published_before: int) -> str:
+        """What draining handled and what each sink delivered in all, for the ``drained:`` line."""
+        published = self._publisher.published_total() if self._publisher else 0
+
+        def count(metric: str, sink: str) -> int:
+            return int(self.registry.get_sample_value(metric, {"sink": sink}) or 0)
+
+        sinks = "; ".join(f"sink {s.name}: {count('streamer_sink_messages_sent_total', s.name)} sent, "
+                          f"{count('streamer_sink_messages_dropped_total', s.name)} dropped" for s in self.sinks)
+        return (f"{frames} queued frame(s) and {batches} batch(es) in flight at the start; "
+                f"{published - published_before} frame(s) published while draining, {published} in all"
+                f"{'; ' + sinks if sinks else ''}")
 
     def _close_resources(self) -> None:
         if self._worker is not None:

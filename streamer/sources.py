@@ -110,8 +110,9 @@ class SourceWorker:
         self._hwaccel = cfg.hwaccel
         """Hardware decoder device type; None once it proved unavailable."""
         self._reported_decoder = False
-        self._fps_window: tuple[float, int] | None = None
-        """(start, frames) of the input-rate window; None until the first frame of a connection."""
+        self._fps_window: tuple[float, float | None, int] | None = None
+        """(wall start, media start, frames) of the input-rate window; None until the first frame
+        of a connection."""
         self._last_frame = 0.0
         self._cpu_mark = 0.0
         self.thread = threading.Thread(target=self._run, name=f"decode-{cfg.name}", daemon=True)
@@ -277,24 +278,33 @@ class SourceWorker:
         self._last_frame = time.monotonic()
         frame = Frame(self.name, self.display_url, self.next_index, pts, time.time(), self._last_frame, image)
         self.metrics.frames_decoded.labels(stream=self.name).inc()
-        self._count_fps()
+        self._count_fps(pts)
         if not self.handoff.deliver(frame):
             return False
         self.next_index += 1
         return True
 
-    def _count_fps(self) -> None:
-        """Frames per second over windows of >= 1 s that start at a frame: the first frame of a
-        connection opens a window instead of counting, so the rate is frames *between* frames."""
+    def _count_fps(self, pts: float | None) -> None:
+        """Update ``streamer_stream_input_fps`` about once a second: frames over the time they span.
+
+        Live sources are measured in media time (their timestamps): right after a (re)connect
+        FFmpeg hands over the packets it buffered while probing in a burst, which is not the
+        camera's rate. Files, and streams without timestamps, are measured in wall time (a
+        ``realtime = false`` file's rate is its decoding speed).
+        """
         now = time.monotonic()
-        if self._fps_window is None:
-            self._fps_window = (now, 0)
+        media = pts if self.cfg.kind == "live" else None
+        window = self._fps_window
+        if window is None or (media is not None and (window[1] is None or media < window[1])):
+            self._fps_window = (now, media, 0)  # first frame of a connection, or timestamps jumped back
             return
-        start, count = self._fps_window[0], self._fps_window[1] + 1
+        start, media_start, count = window[0], window[1], window[2] + 1
         if now - start >= 1.0:
-            self.metrics.input_fps.labels(stream=self.name).set(count / (now - start))
-            start, count = now, 0
-        self._fps_window = (start, count)
+            span = media - media_start if media is not None and media_start is not None else now - start
+            if span > 0:
+                self.metrics.input_fps.labels(stream=self.name).set(count / span)
+            start, media_start, count = now, media, 0
+        self._fps_window = (start, media_start, count)
 
     def _set_state(self, state: StreamState, detail: str = "") -> None:
         if state == self.state:
