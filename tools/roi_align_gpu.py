@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
@@ -126,9 +127,10 @@ def _plugin_graph(dtype: int, shapes: Sequence[tuple[int, ...]], num_rois: int) 
     inputs.append(helper.make_tensor_value_info("rois", TensorProto.FLOAT, [num_rois, 5]))
     nodes, outputs = [], []
     for name, params in (("box", BOX_POOLER), ("mask", MASK_POOLER)):
+        attrs: dict[str, Any] = dict(onnx_attributes(params))
         nodes.append(helper.make_node(PLUGIN_NAME, ["p0", "p1", "p2", "p3", "rois"], [name], name=name,
                                       domain=PLUGIN_NAMESPACE, plugin_namespace=PLUGIN_NAMESPACE,
-                                      plugin_version="1", **onnx_attributes(params)))
+                                      plugin_version="1", **attrs))
         s = params.output_size
         outputs.append(helper.make_tensor_value_info(name, dtype, [num_rois, shapes[0][1], s, s]))
     graph = helper.make_graph(nodes, "two_poolers", inputs, outputs)
@@ -230,8 +232,8 @@ def kernel_timing(arch: tuple[int, int], compiler: Compiler, rois: int = 1000, c
         feats = [f.to(dtype) for f in feats32]
         fmap = dict(zip(names, feats, strict=True))
         typed = [b.to(dtype) for b in per_image]
-        ours = _time_cuda(lambda feats=feats: pool(feats, boxes), 10, repeats)
-        tv = _time_cuda(lambda fmap=fmap, typed=typed: pooler(fmap, typed, [image] * batch), 10, repeats)
+        ours = _time_cuda(functools.partial(pool, feats, boxes), 10, repeats)
+        tv = _time_cuda(functools.partial(pooler, fmap, typed, [image] * batch), 10, repeats)
         rows.append({"dtype": str(dtype).removeprefix("torch."), "fused_ms": ours, "torchvision_ms": tv,
                      "speedup": tv / ours})
     return rows

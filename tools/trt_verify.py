@@ -32,6 +32,7 @@ failure, 1 a step failed, 2 no CUDA device.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -293,12 +294,11 @@ def main(argv: list[str] | None = None) -> int:
              _run("kernel_parity", [cupy], lambda: step_kernel_parity(ns)),
              _run("torch_cuda_vs_cpu", [], lambda: step_torch_cuda_vs_cpu(ns))]
     for precision in ("fp32", "fp16"):
-        steps.append(_run(f"build_{precision}", [trt], lambda p=precision: step_build(ns, p)))
-        steps.append(_run(f"load_{precision}", [trt], lambda p=precision: step_load(ns, p)))
+        steps.append(_run(f"build_{precision}", [trt], functools.partial(step_build, ns, precision)))
+        steps.append(_run(f"load_{precision}", [trt], functools.partial(step_load, ns, precision)))
     for level in ("none", "ampere_plus"):
         below = "ampere_plus needs a GPU >= 8.0" if level == "ampere_plus" and cc < (8, 0) else None
-        steps.append(_run(f"plugin_network_{level}", [trt, below],
-                          lambda lv=level: step_plugin_network(ns, lv)))
+        steps.append(_run(f"plugin_network_{level}", [trt, below], functools.partial(step_plugin_network, ns, level)))
     if ns.timing:
         steps.append(_run("kernel_timing", [cupy, _has("torchvision")], lambda: step_timing(ns)))
     (ns.out / "report.json").write_text(json.dumps(steps, indent=2, default=str))

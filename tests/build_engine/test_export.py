@@ -304,7 +304,7 @@ def test_plugin_node_types_are_checked() -> None:
     feats.append(_value("f3", TensorProto.FLOAT, [1, 8, 4, 4]))
     node = helper.make_node(PLUGIN_NAME, ["f0", "f1", "f2", "f3", "rois"], ["out"], name="pool",
                             domain=PLUGIN_NAMESPACE, plugin_namespace=PLUGIN_NAMESPACE, plugin_version="1",
-                            **onnx_attributes(RoIAlignParams()))
+                            **dict[str, Any](onnx_attributes(RoIAlignParams())))
     model = _model([node], [*feats, _value("rois", TensorProto.FLOAT16, [3, 5])],
                    [_value("out", TensorProto.FLOAT16, None)])
     problems = check_types(model)

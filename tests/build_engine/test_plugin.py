@@ -272,7 +272,7 @@ needs_compiler = pytest.mark.skipif(find_nvcc() is None and not nvrtc_available(
 
 
 def _inputs(dtype: str) -> tuple[list[tuple[int, ...]], list[_Desc]]:
-    shapes = [(2, 256, 200, 336), (2, 256, 100, 168), (2, 256, 50, 84), (2, 256, 25, 42)]
+    shapes: list[tuple[int, ...]] = [(2, 256, 200, 336), (2, 256, 100, 168), (2, 256, 50, 84), (2, 256, 25, 42)]
     return shapes, [_Desc(s, dtype) for s in shapes] + [_Desc((1000, 5), "fp32")]
 
 

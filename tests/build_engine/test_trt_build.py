@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,6 +101,10 @@ def test_real_engine_build_is_covered_by_the_cli_test_on_the_gpu_box() -> None:
 BOX, MASK = RoIAlignParams(output_size=7), RoIAlignParams(output_size=14)
 
 
+def _attrs(params: RoIAlignParams) -> dict[str, Any]:
+    return dict(onnx_attributes(params))
+
+
 def _two_pooler_graph(path: Path) -> Path:
     """A graph holding the box and the mask pooler as plugin nodes (as the real export does)."""
     import onnx
@@ -108,7 +113,7 @@ def _two_pooler_graph(path: Path) -> Path:
     feats = [helper.make_tensor_value_info(f"p{k}", TensorProto.FLOAT, [1, 8, 64 >> k, 64 >> k]) for k in range(4)]
     rois = helper.make_tensor_value_info("rois", TensorProto.FLOAT, [3, 5])
     nodes = [helper.make_node(PLUGIN_NAME, ["p0", "p1", "p2", "p3", "rois"], [out], name=out, domain=PLUGIN_NAMESPACE,
-                              plugin_namespace=PLUGIN_NAMESPACE, plugin_version="1", **onnx_attributes(params))
+                              plugin_namespace=PLUGIN_NAMESPACE, plugin_version="1", **_attrs(params))
              for out, params in (("box", BOX), ("mask", MASK), ("box_again", BOX))]
     outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("box", "mask", "box_again")]
     graph = helper.make_graph(nodes, "poolers", [*feats, rois], outs)
