@@ -45,6 +45,7 @@ _ENTRY = re.compile(r"^\s*(?:\.visible\s+)?\.entry\s+([A-Za-z_][A-Za-z0-9_$]*)\s
 _CC = re.compile(r"^(?:sm_|compute_)?(\d+)(?:\.(\d+))?$")
 _RELEASE = re.compile(r"release\s+(\d+)\.(\d+)")
 _PTX_VERSION = re.compile(r"^\s*\.version\s+(\d+)\.(\d+)", re.MULTILINE)
+_TRT_WHEEL = re.compile(r"^tensorrt[-_]cu(\d+)(?:[-_](?:bindings|libs))?$", re.IGNORECASE)
 
 
 def parse_compute_capability(value: str | tuple[int, int]) -> tuple[int, int]:
@@ -184,12 +185,34 @@ def choose_compiler(found: list[Compiler], max_cuda: CudaVersion | None, backend
         if max_cuda is None or compiler.cuda_version <= max_cuda:
             return compiler
     assert max_cuda is not None
-    limit = f"{max_cuda[0]}.{max_cuda[1]}"
+    limit = f"{max_cuda[0]}.x" if max_cuda[1] >= 99 else f"{max_cuda[0]}.{max_cuda[1]}"
     raise RuntimeError(
-        f"the RoIAlign plugin's PTX must load under the driver's CUDA {limit}, but every compiler found writes a "
-        f"newer PTX ISA: {', '.join(c.describe() for c in found)}. Install a CUDA toolkit <= {limit} (point "
-        f"$CUDA_HOME at it, nvcc first on PATH) or cuda-python {max_cuda[0]}.x with NVRTC <= {limit}, or update "
-        "the driver.")
+        f"the RoIAlign plugin's PTX must load under CUDA {limit} (the driver's CUDA version, no newer major than "
+        f"TensorRT's CUDA), but every compiler found writes a newer PTX ISA: "
+        f"{', '.join(c.describe() for c in found)}. Install a CUDA toolkit <= {limit} (point $CUDA_HOME at it, nvcc "
+        f"first on PATH) or cuda-python {max_cuda[0]}.x with NVRTC <= {limit}, or update the driver / TensorRT.")
+
+
+def tensorrt_cuda_major() -> int | None:
+    """The CUDA major version the installed TensorRT wheels are built for (``tensorrt-cu12`` → 12),
+    from package metadata (no TensorRT import); None when no such wheel is installed."""
+    from importlib import metadata
+
+    majors = set()
+    for dist in metadata.distributions():
+        m = _TRT_WHEEL.match(dist.metadata["Name"] or "")
+        if m:
+            majors.add(int(m.group(1)))
+    return min(majors) if majors else None
+
+
+def cuda_limit(driver: str | CudaVersion | None, tensorrt_major: int | None) -> CudaVersion | None:
+    """The newest CUDA version whose PTX the TensorRT/driver pair takes: the driver's version, and no
+    newer major than TensorRT's own CUDA (a CUDA 12 TensorRT with CUDA 13 PTX is refused)."""
+    limit = parse_cuda_version(driver)
+    if tensorrt_major is not None:
+        limit = min(limit, (tensorrt_major, 99)) if limit is not None else (tensorrt_major, 99)
+    return limit
 
 
 def find_compiler(backend: Backend = "auto", max_cuda: str | CudaVersion | None = None) -> Compiler:

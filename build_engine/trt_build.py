@@ -136,16 +136,21 @@ def plugin_params_in(onnx_path: str | Path) -> list[RoIAlignParams]:
     return found
 
 
-def _driver_cuda(opts: EngineBuildOptions) -> str | None:
-    if opts.driver_cuda_version is not None:
-        return opts.driver_cuda_version
-    from engines.machine import collect_runtime_environment
+def _cuda_limit(opts: EngineBuildOptions) -> tuple[int, int] | None:
+    """Newest CUDA whose PTX the TensorRT/driver pair loads (``ptx.cuda_limit``)."""
+    from build_engine.ptx import cuda_limit, tensorrt_cuda_major
 
-    return collect_runtime_environment().cuda_version
+    driver = opts.driver_cuda_version
+    if driver is None:
+        from engines.machine import collect_runtime_environment
+
+        driver = collect_runtime_environment().cuda_version
+    return cuda_limit(driver, tensorrt_cuda_major())
 
 
 def prepare_plugin_kernels(opts: EngineBuildOptions) -> dict[str, str]:
-    """Before any TensorRT call: choose the PTX compiler (CUDA version <= the driver's), the PTX target
+    """Before any TensorRT call: choose the PTX compiler (CUDA version <= the driver's, major <= TensorRT's
+    CUDA major), the PTX target
     (``ampere_plus`` → compute_80) and compile every plugin specialisation of the graph, so that the
     AOT implementation only reads the compiled cache. Returns ``{entry name: PTX}``.
 
@@ -157,7 +162,7 @@ def prepare_plugin_kernels(opts: EngineBuildOptions) -> dict[str, str]:
 
     try:
         arch = ptx_arch(opts.compute_capability, opts.hardware_compatibility)
-        compiler = find_compiler(max_cuda=_driver_cuda(opts))
+        compiler = find_compiler(max_cuda=_cuda_limit(opts))
         kernels = {}
         for params in plugin_params_in(opts.onnx_path):
             ptx = compile_ptx(params, arch, compiler=compiler)
@@ -223,7 +228,7 @@ def build_engine_file(opts: EngineBuildOptions, on_phase: Callable[[str, int, in
         from build_engine.plugin import register_plugin
 
         register_plugin(opts.compute_capability, hardware_compatibility=opts.hardware_compatibility,
-                        max_cuda=_driver_cuda(opts))  # must precede parsing: plugin nodes bind by name
+                        max_cuda=_cuda_limit(opts))  # must precede parsing: plugin nodes bind by name
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flag_enum = trt.NetworkDefinitionCreationFlag

@@ -138,7 +138,7 @@ def _plugin_graph(dtype: int, shapes: Sequence[tuple[int, ...]], num_rois: int) 
     return bytes(model.SerializeToString())
 
 
-def plugin_network_parity(hardware_compatibility: str, max_cuda: str | None) -> list[dict[str, Any]]:
+def plugin_network_parity(hardware_compatibility: str, max_cuda: tuple[int, int] | None) -> list[dict[str, Any]]:
     """Build and run the two-pooler plugin network (fp32 and fp16) at ``hardware_compatibility``.
 
     One process registers one target, so call this once per process (``tools/trt_verify.py``

@@ -220,9 +220,11 @@ def _inspect(runner: Any) -> dict[str, Any]:
 def child_plugin(level: str, out: Path) -> int:
     from roi_align_gpu import plugin_network_parity
 
+    from build_engine.ptx import cuda_limit, tensorrt_cuda_major
     from engines.machine import collect_runtime_environment
 
-    rows = plugin_network_parity(level, collect_runtime_environment().cuda_version)
+    limit = cuda_limit(collect_runtime_environment().cuda_version, tensorrt_cuda_major())
+    rows = plugin_network_parity(level, limit)
     out.write_text(json.dumps({"rows": rows}, indent=2))
     return 0 if all(r["ok"] for r in rows) else 1
 

@@ -19,6 +19,7 @@ from build_engine.ptx import (
     Compiler,
     choose_compiler,
     compile_ptx,
+    cuda_limit,
     find_compiler,
     find_nvcc,
     nvrtc_available,
@@ -130,9 +131,18 @@ def test_compiler_must_not_be_newer_than_the_driver() -> None:
     assert choose_compiler([NVCC_13, NVRTC_12_4], max_cuda=None) == NVCC_13
     assert choose_compiler([NVCC_13, NVRTC_12_4], max_cuda=(13, 1)) == NVCC_13
     assert choose_compiler([NVCC_13, NVRTC_12_4], max_cuda=(12, 8)) == NVRTC_12_4  # skips the too-new nvcc
-    with pytest.raises(RuntimeError, match=r"driver's CUDA 12.2.*nvcc 13.0 \(/opt/cuda-13.0/bin/nvcc\), nvrtc 12.4.*"
-                                           r"Install a CUDA toolkit <= 12.2"):
+    with pytest.raises(RuntimeError, match=r"load under CUDA 12\.2 .*nvcc 13\.0 \(/opt/cuda-13\.0/bin/nvcc\), nvrtc 12\.4.*"
+                                           r"Install a CUDA toolkit <= 12\.2"):
         choose_compiler([NVCC_13, NVRTC_12_4], max_cuda=(12, 2))
+
+
+def test_the_limit_is_the_driver_capped_at_tensorrts_cuda_major() -> None:
+    assert cuda_limit("13.0", 12) == (12, 99), "CUDA 12 TensorRT: no CUDA 13 PTX even on a CUDA 13 driver"
+    assert cuda_limit("12.4", 13) == (12, 4) and cuda_limit("12.4", None) == (12, 4)
+    assert cuda_limit(None, 13) == (13, 99) and cuda_limit(None, None) is None
+    assert choose_compiler([NVCC_13, NVRTC_12_4], max_cuda=cuda_limit("13.0", 12)) == NVRTC_12_4
+    with pytest.raises(RuntimeError, match=r"load under CUDA 12\.x "):
+        choose_compiler([NVCC_13], max_cuda=cuda_limit("13.0", 12))
 
 
 def test_missing_compiler_is_a_clear_error_before_any_build(monkeypatch: pytest.MonkeyPatch) -> None:
