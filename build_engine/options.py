@@ -81,6 +81,7 @@ class BuildOptions:
     timing_cache: Path | None = None
     hardware_compatibility: HardwareCompatibility = "none"
     version_compatible: bool = False
+    accept_parity_failure: bool = False
 
     def command(self, out: Path) -> list[str]:
         """The explicit ``build-engine`` argv that repeats this build (recorded in the manifest)."""
@@ -100,7 +101,8 @@ class BuildOptions:
             argv += ["--timing-cache", str(self.timing_cache)]
         if self.hardware_compatibility != "none":
             argv += ["--hardware-compatibility", self.hardware_compatibility]
-        return argv + (["--version-compatible"] if self.version_compatible else [])
+        argv += ["--version-compatible"] if self.version_compatible else []
+        return argv + (["--accept-parity-failure"] if self.accept_parity_failure else [])
 
 
 class _Parser(argparse.ArgumentParser):
@@ -136,6 +138,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="none, same_compute_capability or ampere_plus: the engine also runs on other GPUs of "
                    "that class (slower)")
     p.add_argument("--version-compatible", action="store_true", help="engine loads under later TensorRT 10/11.x")
+    p.add_argument("--accept-parity-failure", action="store_true", help="exit 0 even when the parity gate fails "
+                   "(the manifest records the failure and that it was accepted)")
     return p
 
 
@@ -166,4 +170,5 @@ def options_from_args(ns: argparse.Namespace) -> BuildOptions:
         roi_align=ns.roi_align or ("onnx" if ns.onnx_only else "plugin"), precision=ns.precision,
         batch=BatchProfile(lo, opt, hi), source_size=source, input_size=input_size, parity_frames=ns.parity_frames,
         workspace_mib=ns.workspace_mib, timing_cache=ns.timing_cache,
-        hardware_compatibility=ns.hardware_compatibility, version_compatible=ns.version_compatible)
+        hardware_compatibility=ns.hardware_compatibility, version_compatible=ns.version_compatible,
+        accept_parity_failure=ns.accept_parity_failure)

@@ -6,7 +6,9 @@ Both models get the same decoded frames; ours returns full-resolution pasted mas
 (``Detections.paste``), as torchvision does, so the two timings cover the same work. Runs are
 interleaved (ours, torchvision, ours, ...) so that load on a shared machine hits both alike.
 Prints per-frame milliseconds, frames/s and the ratio torchvision/ours (> 1: ours is faster),
-plus the parity of the two outputs. Needs torchvision (a test/bench dependency).
+plus the parity gate's verdict on ours against torchvision (:mod:`engines.parity`: torchvision
+runs again with perturbed weights to find its stable instances; ours must reproduce them).
+Needs torchvision (a test/bench dependency).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from engines.loading import ModelLoadError, load_model
-from engines.parity import compare_all
+from engines.parity import GateMarks, GateStats, judge_frame, perturbed_copy
 from engines.runner import Detections
 from engines.torch_runner import TorchRunner, parse_device
 
@@ -94,12 +96,11 @@ def run(args: argparse.Namespace) -> int:
             d.paste()
         return dets
 
-    def run_tv(batch: list[np.ndarray]) -> list[Detections]:
+    def run_tv(batch: list[np.ndarray], model: torch.nn.Module = tv) -> list[Detections]:
         with torch.no_grad():
-            outs = tv([torch.from_numpy(f).to(device).permute(2, 0, 1).float() / 255 for f in batch])
+            outs = model([torch.from_numpy(f).to(device).permute(2, 0, 1).float() / 255 for f in batch])
         _sync(device)
-        return [Detections(o["boxes"].cpu().numpy(), o["scores"].cpu().numpy(), o["labels"].cpu().numpy(),
-                           np.zeros((len(o["boxes"]), 28, 28), np.float32), f.shape[:2]) for o, f in zip(outs, batch, strict=True)]
+        return [_TvDetections(o, f.shape[:2]) for o, f in zip(outs, batch, strict=True)]
 
     h, w = frames[0].shape[:2]
     print(f"model {lm.name} ({lm.model.cfg.backbone}-FPN, {lm.model.cfg.num_classes} classes), {len(frames)} frames "
@@ -121,6 +122,26 @@ def run(args: argparse.Namespace) -> int:
                     acc.append((time.perf_counter() - t0) / len(g))
         mo, mt = statistics.median(t_ours), statistics.median(t_tv)
         print(f"| {b} | {mo * 1e3:.1f} | {mt * 1e3:.1f} | {1 / mo:.2f} | {1 / mt:.2f} | {mt / mo:.3f} |")
-    stats = compare_all(run_tv(frames), run_ours(frames))
-    print(f"parity on these frames (boxes, scores, labels): {stats.summary().split(', min mask')[0]}")
+    marks = GateMarks()
+    refs, ours_dets = run_tv(frames), run_ours(frames)
+    perturbed = [run_tv(frames, perturbed_copy(tv, marks.perturbation, seed))
+                 for seed in range(1, marks.perturbed_runs + 1)]
+    gate = GateStats()
+    for i, (r, c) in enumerate(zip(refs, ours_dets, strict=True)):
+        gate = gate.merge(judge_frame(r, [p[i] for p in perturbed], c))
+    failures = gate.failures(marks)
+    print(f"parity gate, ours vs torchvision on these frames: {'FAIL' if failures else 'PASS'}: {gate.summary()}"
+          + (f" ({'; '.join(failures)})" if failures else ""))
     return 0
+
+
+class _TvDetections(Detections):
+    """torchvision's output for one frame; its masks are already pasted (``float[K, 1, H, W]``)."""
+
+    def __init__(self, out: dict[str, torch.Tensor], hw: tuple[int, int]) -> None:
+        super().__init__(out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(), out["labels"].cpu().numpy(),
+                         np.zeros((len(out["boxes"]), 28, 28), np.float32), hw)
+        self.full = out["masks"][:, 0].cpu().numpy()
+
+    def paste(self, threshold: float = 0.5) -> np.ndarray:
+        return self.full > threshold

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+
+import numpy as np
+import numpy.typing as npt
 import torch
 from calibrate import calibrate, real_images
 from torch import nn
@@ -11,6 +16,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.misc import FrozenBatchNorm2d
+
+from engines.runner import Detections
 
 SHAPE_CLASSES = ("__background__", "circle", "square", "triangle", "star")
 
@@ -44,3 +51,39 @@ def build(kind: str, min_size: int = 800, max_size: int = 1333, seed: int = 0) -
     if min_size < 800:
         imgs = [nn.functional.interpolate(i[None], scale_factor=min_size / 512, mode="bilinear")[0] for i in imgs]
     return calibrate(m.eval(), imgs, seed=seed)
+
+
+@functools.cache
+def _built(kind: str, min_size: int, max_size: int, seed: int) -> MaskRCNN:
+    return build(kind, min_size, max_size, seed)
+
+
+def build_shared(kind: str, min_size: int = 800, max_size: int = 1333, seed: int = 0) -> MaskRCNN:
+    """:func:`build`, calibrated once per test session (a deep copy each call: callers may edit it)."""
+    return copy.deepcopy(_built(kind, min_size, max_size, seed))
+
+
+class PastedDetections(Detections):
+    """torchvision pastes masks itself: its full-frame probabilities ``float[K, H, W]``, thresholded."""
+
+    full: npt.NDArray[np.float32]
+
+    def paste(self, threshold: float = 0.5) -> npt.NDArray[np.bool_]:
+        return self.full > threshold
+
+
+def tv_detections(tv: nn.Module, frames: list[npt.NDArray[np.uint8]]) -> list[Detections]:
+    """torchvision's detections of ``uint8[H, W, 3]`` frames, one frame per call.
+
+    torchvision pads a list of different-size images to one batch size, which changes results;
+    our runner batches equal-size frames only.
+    """
+    dets: list[Detections] = []
+    with torch.no_grad():
+        for f in frames:
+            o = tv([tv_input(torch.from_numpy(f))])[0]
+            d = PastedDetections(o["boxes"].numpy(), o["scores"].numpy(), o["labels"].numpy(),
+                                 np.zeros((len(o["boxes"]), 28, 28), np.float32), f.shape[:2])
+            d.full = o["masks"][:, 0].numpy()
+            dets.append(d)
+    return dets

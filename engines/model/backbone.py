@@ -7,7 +7,11 @@ Module and parameter names equal torchvision's (``body.layer1.0.conv1.weight``,
   ``pool`` level's stride is ``padded_size // feature_size`` (see ``anchors``), which is
   not always 64.
 * :meth:`Backbone.fuse_norms` folds every frozen/eval batch norm into the preceding
-  convolution (inference speed; changes results by float rounding only, ~1e-6 relative).
+  convolution (the folded weights are computed in float64 by default and rounded once).
+  Not the default of :class:`engines.torch_runner.TorchRunner`: folding changes results by
+  float rounding only (~1e-7 relative), but that rounding differs from torchvision's on
+  every convolution and NMS near-ties turn it into different instance sets (see
+  ``engines/torch_runner.py``). The export folds, as TensorRT would anyway.
 """
 
 from __future__ import annotations
@@ -58,24 +62,36 @@ class Norm2d(nn.Module):
         return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
 
 
-def fold_norm(conv: nn.Module, norm: nn.Module) -> nn.Conv2d:
-    """A new conv equal to ``norm(conv(x))`` (weights scaled per output channel)."""
+FOLD_DTYPES = (torch.float32, torch.float64)
+
+
+def fold_norm(conv: nn.Module, norm: nn.Module, dtype: torch.dtype = torch.float64) -> nn.Conv2d:
+    """A new conv equal to ``norm(conv(x))`` (weights ``[O, I, kh, kw]`` scaled per output channel).
+
+    ``dtype``: precision of the folding arithmetic (scale, shift, ``W * scale``,
+    ``b * scale + shift``); the results are rounded once to the conv's dtype. float64 leaves
+    one rounding per weight instead of three.
+    """
     if not isinstance(conv, nn.Conv2d) or not isinstance(norm, Norm2d):
         raise TypeError(f"fold_norm needs (Conv2d, Norm2d), got ({type(conv).__name__}, {type(norm).__name__})")
-    scale, shift = norm.scale_shift()
-    fused = copy.deepcopy(conv)
+    if dtype not in FOLD_DTYPES:
+        raise ValueError(f"fold_norm folds in one of {FOLD_DTYPES}, got {dtype}")
+    out_dtype = conv.weight.dtype
     with torch.no_grad():
-        fused.weight.mul_(scale.reshape(-1, 1, 1, 1))
-        b = conv.bias if conv.bias is not None else torch.zeros_like(shift)
-        fused.bias = nn.Parameter(b * scale + shift)
+        scale = norm.weight.to(dtype) * (norm.running_var.to(dtype) + norm.eps).rsqrt()
+        shift = norm.bias.to(dtype) - norm.running_mean.to(dtype) * scale
+        fused = copy.deepcopy(conv)
+        fused.weight.copy_((conv.weight.to(dtype) * scale.reshape(-1, 1, 1, 1)).to(out_dtype))
+        b = conv.bias.to(dtype) if conv.bias is not None else torch.zeros_like(shift)
+        fused.bias = nn.Parameter((b * scale + shift).to(out_dtype))
     return fused
 
 
-def fuse_conv_blocks(seq: nn.Sequential) -> None:
+def fuse_conv_blocks(seq: nn.Sequential, dtype: torch.dtype = torch.float64) -> None:
     """Fold the norm of every ``(conv, Norm2d, ReLU)`` block of ``seq`` into its conv, in place."""
     for i, blk in enumerate(seq):
         if isinstance(blk, nn.Sequential) and len(blk) == 3 and isinstance(blk[1], Norm2d):
-            seq[i] = nn.Sequential(fold_norm(blk[0], blk[1]), nn.ReLU())
+            seq[i] = nn.Sequential(fold_norm(blk[0], blk[1], dtype), nn.ReLU())
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, bias: bool = False, dilation: int = 1) -> nn.Conv2d:
@@ -101,11 +117,11 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         return F.relu(out + identity)
 
-    def fuse(self) -> None:
-        self.conv1, self.bn1 = fold_norm(self.conv1, self.bn1), nn.Identity()
-        self.conv2, self.bn2 = fold_norm(self.conv2, self.bn2), nn.Identity()
+    def fuse(self, dtype: torch.dtype = torch.float64) -> None:
+        self.conv1, self.bn1 = fold_norm(self.conv1, self.bn1, dtype), nn.Identity()
+        self.conv2, self.bn2 = fold_norm(self.conv2, self.bn2, dtype), nn.Identity()
         if self.downsample is not None:
-            self.downsample = nn.Sequential(fold_norm(self.downsample[0], self.downsample[1]))
+            self.downsample = nn.Sequential(fold_norm(self.downsample[0], self.downsample[1], dtype))
 
 
 class Bottleneck(nn.Module):
@@ -133,12 +149,12 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         return F.relu(out + identity)
 
-    def fuse(self) -> None:
-        self.conv1, self.bn1 = fold_norm(self.conv1, self.bn1), nn.Identity()
-        self.conv2, self.bn2 = fold_norm(self.conv2, self.bn2), nn.Identity()
-        self.conv3, self.bn3 = fold_norm(self.conv3, self.bn3), nn.Identity()
+    def fuse(self, dtype: torch.dtype = torch.float64) -> None:
+        self.conv1, self.bn1 = fold_norm(self.conv1, self.bn1, dtype), nn.Identity()
+        self.conv2, self.bn2 = fold_norm(self.conv2, self.bn2, dtype), nn.Identity()
+        self.conv3, self.bn3 = fold_norm(self.conv3, self.bn3, dtype), nn.Identity()
         if self.downsample is not None:
-            self.downsample = nn.Sequential(fold_norm(self.downsample[0], self.downsample[1]))
+            self.downsample = nn.Sequential(fold_norm(self.downsample[0], self.downsample[1], dtype))
 
 
 class ResNetBody(nn.Module):
@@ -172,12 +188,12 @@ class ResNetBody(nn.Module):
             outs.append(x)
         return outs
 
-    def fuse(self) -> None:
-        self.conv1, self.bn1 = fold_norm(self.conv1, self.bn1), nn.Identity()
+    def fuse(self, dtype: torch.dtype = torch.float64) -> None:
+        self.conv1, self.bn1 = fold_norm(self.conv1, self.bn1, dtype), nn.Identity()
         for stage in self.stages():
             for blk in stage:
                 if isinstance(blk, BasicBlock | Bottleneck):
-                    blk.fuse()
+                    blk.fuse(dtype)
 
 
 def _conv_block(cin: int, cout: int, k: int, norm: bool, frozen: bool = False) -> nn.Sequential:
@@ -187,9 +203,9 @@ def _conv_block(cin: int, cout: int, k: int, norm: bool, frozen: bool = False) -
     return nn.Sequential(_conv(cin, cout, k, bias=True))
 
 
-def _fuse_block(seq: nn.Module) -> nn.Module:
+def _fuse_block(seq: nn.Module, dtype: torch.dtype) -> nn.Module:
     if isinstance(seq, nn.Sequential) and len(seq) == 2 and isinstance(seq[1], Norm2d):
-        return nn.Sequential(fold_norm(seq[0], seq[1]))
+        return nn.Sequential(fold_norm(seq[0], seq[1], dtype))
     return seq
 
 
@@ -211,9 +227,9 @@ class FPN(nn.Module):
         results.append(F.max_pool2d(results[-1], 1, 2, 0))
         return results
 
-    def fuse(self) -> None:
-        self.inner_blocks = nn.ModuleList(_fuse_block(b) for b in self.inner_blocks)
-        self.layer_blocks = nn.ModuleList(_fuse_block(b) for b in self.layer_blocks)
+    def fuse(self, dtype: torch.dtype = torch.float64) -> None:
+        self.inner_blocks = nn.ModuleList(_fuse_block(b, dtype) for b in self.inner_blocks)
+        self.layer_blocks = nn.ModuleList(_fuse_block(b, dtype) for b in self.layer_blocks)
 
 
 class Backbone(nn.Module):
@@ -228,6 +244,7 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.fpn(self.body(x))
 
-    def fuse_norms(self) -> None:
-        self.body.fuse()
-        self.fpn.fuse()
+    def fuse_norms(self, dtype: torch.dtype = torch.float64) -> None:
+        """Fold every norm into its conv, the arithmetic in ``dtype`` (see :func:`fold_norm`)."""
+        self.body.fuse(dtype)
+        self.fpn.fuse(dtype)

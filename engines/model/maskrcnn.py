@@ -21,7 +21,7 @@ from torch import nn
 
 from engines.model import box_ops
 from engines.model.anchors import AnchorGrid
-from engines.model.backbone import Backbone
+from engines.model.backbone import Backbone, fuse_conv_blocks
 from engines.model.box_head import Predictor, decode_class_boxes, make_box_head, select_detections
 from engines.model.config import MaskRCNNConfig
 from engines.model.mask_head import MaskHead, MaskPredictor, select_class_masks
@@ -115,13 +115,16 @@ class MaskRCNN(nn.Module):
         self.mask_roi = RoIAlignParams(output_size=cfg.mask_roi_size, **roi)  # type: ignore[arg-type]
         self.eval()
 
-    def fuse_norms(self) -> MaskRCNN:
-        """Fold all batch norms into convolutions (inference only; irreversible)."""
-        self.backbone.fuse_norms()
+    def fuse_norms(self, dtype: torch.dtype = torch.float64) -> MaskRCNN:
+        """Fold all batch norms into convolutions (inference only; irreversible).
+
+        ``dtype``: precision of the folding arithmetic (:func:`engines.model.backbone.fold_norm`).
+        Not done by default at run time: see :class:`engines.torch_runner.TorchRunner`.
+        """
+        self.backbone.fuse_norms(dtype)
         for m in (self.roi_heads.box_head, self.roi_heads.mask_head):
-            fuse = getattr(m, "fuse", None)
-            if callable(fuse):
-                fuse()
+            if isinstance(m, nn.Sequential):  # the conv heads of v2: (conv, norm, relu) blocks
+                fuse_conv_blocks(m, dtype)
         return self
 
     def preprocess(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:

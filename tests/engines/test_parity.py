@@ -1,83 +1,101 @@
 """Parity with torchvision 0.29 on the same (calibrated random) weights and real photographs.
 
-Pass marks: >= 99% of torchvision's instances matched (same label, box IoU >= 0.99),
-|Δbox| <= 0.5 px, |Δscore| <= 1e-3, mask IoU >= 0.97; batched equals single-frame;
-the static-shape (export) mode equals the dynamic mode.
+Our default path must sit at torchvision's own noise floor (issue 10): the reference is
+torchvision on this session's torch thread count; the floor is torchvision on another thread
+count against it, measured in the same run; ours (default settings) must agree with the
+reference on >= floor - 0.02 of its instances, by the matching rule of
+:class:`engines.parity.Tolerances` (same label, box IoU >= 0.99, |Δbox| <= 0.5 px, |Δscore|
+<= 1e-3, mask IoU >= 0.97), for v1, v2 and R18-FPN at torchvision's default size (800/1333,
+two photos: the time budget) and the small size (480/800, three photos). Weights are
+calibrated at the size they run at (scores spread over (0, 1), every instance >= 0.05).
+Also: batched equals single-frame; the static-shape (export) mode equals the dynamic mode.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 from calibrate import real_images
-from tv_models import build, tv_input
+from tv_models import build_shared, tv_detections
 
 from engines.model.state_dict import model_from_state_dict
-from engines.parity import Tolerances, compare, compare_all
+from engines.parity import ParityStats, compare, compare_all
 from engines.runner import Detections
 from engines.torch_runner import TorchRunner
 
-SIZES = {"v1": (480, 800), "v2": (480, 800), "r18": (640, 1066)}
+SIZES = {"small": (480, 800), "default": (800, 1333)}
+PHOTOS = {"small": 3, "default": 2}
+FLOOR_MARGIN = 0.02
 
 
-class _PastedDetections(Detections):
-    """torchvision pastes masks itself: compare its full-frame probabilities, thresholded."""
+@dataclass
+class Case:
+    kind: str
+    size: str
+    tv: torch.nn.Module
+    runner: TorchRunner
+    frames: list[np.ndarray]
+    reference: list[Detections]
+    """torchvision on the session's thread count."""
+    floor: ParityStats
+    """torchvision on another thread count, against ``reference``."""
 
-    full: np.ndarray
 
-    def paste(self, threshold: float = 0.5) -> np.ndarray:
-        return self.full > threshold
+def _threads() -> tuple[int, int]:
+    """(reference, floor) thread counts: the session's, and 1 (2 on a one-thread session)."""
+    n = torch.get_num_threads()
+    return n, (1 if n > 1 else 2)
 
 
-def _tv_dets(tv: torch.nn.Module, frames: list[np.ndarray]) -> list[Detections]:
-    # One image per call: torchvision pads a list of different-size images to one batch size,
-    # which changes results; our runner batches equal-size frames only.
-    with torch.no_grad():
-        outs = [tv([tv_input(torch.from_numpy(f))])[0] for f in frames]
-    dets = []
-    for o, f in zip(outs, frames, strict=True):
-        d = _PastedDetections(o["boxes"].numpy(), o["scores"].numpy(), o["labels"].numpy(),
-                              np.zeros((len(o["boxes"]), 28, 28), np.float32), f.shape[:2])
-        d.full = o["masks"][:, 0].numpy()
-        dets.append(d)
-    return dets
+@pytest.fixture(scope="module", params=[(k, s) for k in ("v1", "v2", "r18") for s in SIZES],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def case(request: pytest.FixtureRequest) -> Case:
+    kind, size = request.param
+    lo, hi = SIZES[size]
+    tv = build_shared(kind, min_size=lo, max_size=hi)
+    frames = [f.numpy() for f in real_images()][:PHOTOS[size]]
+    ours = model_from_state_dict(tv.state_dict(), min_size=lo, max_size=hi)
+    runner = TorchRunner(ours, [str(i) for i in range(ours.cfg.num_classes)], kind)
+    ref_threads, floor_threads = _threads()
+    reference = tv_detections(tv, frames)
+    torch.set_num_threads(floor_threads)
+    try:
+        floor = compare_all(reference, tv_detections(tv, frames))
+    finally:
+        torch.set_num_threads(ref_threads)
+    return Case(kind, size, tv, runner, frames, reference, floor)
+
+
+def test_default_path_at_the_noise_floor(case: Case, capsys: pytest.CaptureFixture[str]) -> None:
+    ours = case.runner.infer(case.frames)
+    stats = compare_all(case.reference, ours)
+    with capsys.disabled():
+        print(f"\nparity {case.kind} {case.size} {SIZES[case.size]}: floor (torchvision, other thread count) "
+              f"{case.floor.agreed_fraction:.4f}; ours {stats.summary()}")
+    assert stats.reference >= 20 * len(case.frames), "calibration should give torchvision real detections"
+    assert min(len(d) for d in ours) > 0
+    scores = np.concatenate([d.scores for d in ours])
+    assert scores.min() >= 0.05 and scores.max() < 1.0 and np.ptp(scores) > 0.3, "scores spread over (0, 1)"
+    cover = np.concatenate([d.paste().mean((1, 2)) for d in ours])
+    assert (cover > 0).mean() > 0.9 and (cover < 0.9).all(), "masks neither empty nor full"
+    assert stats.agreed_fraction >= case.floor.agreed_fraction - FLOOR_MARGIN, (
+        f"ours agrees with torchvision on {stats.agreed_fraction:.4f} of its instances, below the noise floor "
+        f"{case.floor.agreed_fraction:.4f} - {FLOOR_MARGIN}: {stats.summary()}")
 
 
 @pytest.fixture(scope="module")
-def frames() -> list[np.ndarray]:
-    return [f.numpy() for f in real_images()]
+def pair(case: Case) -> TorchRunner:
+    if case.size != "small":
+        pytest.skip("batching and the static mode are checked at the small size only (time budget)")
+    return case.runner
 
 
-@pytest.fixture(scope="module", params=["v1", "v2", "r18"])
-def pair(request: pytest.FixtureRequest) -> tuple[str, torch.nn.Module, TorchRunner]:
-    kind = request.param
-    lo, hi = SIZES[kind]
-    tv = build(kind, min_size=lo, max_size=hi)
-    ours = model_from_state_dict(tv.state_dict(), min_size=lo, max_size=hi)
-    return kind, tv, TorchRunner(ours, [str(i) for i in range(ours.cfg.num_classes)], kind)
-
-
-def test_equals_torchvision(pair: tuple[str, torch.nn.Module, TorchRunner], frames: list[np.ndarray],
-                            capsys: pytest.CaptureFixture[str]) -> None:
-    kind, tv, runner = pair
-    ref = _tv_dets(tv, frames)
-    ours = runner.infer(frames)
-    stats = compare_all(ref, ours)
-    with capsys.disabled():
-        print(f"\nparity {kind} vs torchvision: {stats.summary()}")
-    assert stats.reference >= 30, "calibration should give torchvision real detections to compare"
-    assert min(len(d) for d in ours) > 0
-    scores = np.concatenate([d.scores for d in ours])
-    assert scores.min() > 0.05 and scores.max() < 1.0 and np.ptp(scores) > 0.3, "scores spread over (0, 1)"
-    cover = np.concatenate([d.paste().mean((1, 2)) for d in ours])
-    assert (cover > 0).mean() > 0.9 and (cover < 0.9).all(), "masks neither empty nor full"
-    assert not stats.failures(Tolerances()), stats.failures(Tolerances())
-
-
-def test_batched_equals_single(pair: tuple[str, torch.nn.Module, TorchRunner], frames: list[np.ndarray]) -> None:
-    _, _, runner = pair
-    f = frames[0]
+def test_batched_equals_single(pair: TorchRunner, case: Case) -> None:
+    runner = pair
+    f = case.frames[0]
     batch = runner.infer([f, f[:, ::-1].copy(), f])
     single = runner.infer([f])[0]
     for d in (batch[0], batch[2]):
@@ -86,11 +104,9 @@ def test_batched_equals_single(pair: tuple[str, torch.nn.Module, TorchRunner], f
         assert st.max_box_delta <= 1e-3 and st.max_score_delta <= 1e-5
 
 
-def test_static_mode_equals_dynamic(pair: tuple[str, torch.nn.Module, TorchRunner],
-                                    frames: list[np.ndarray]) -> None:
-    _, _, runner = pair
-    model = runner.model
-    f = frames[2]
+def test_static_mode_equals_dynamic(pair: TorchRunner, case: Case) -> None:
+    model = pair.model
+    f = case.frames[2]
     batch = torch.from_numpy(np.stack([f, f[::-1].copy()]))
     dyn = model(batch)
     st = model.forward_static(batch)
