@@ -146,6 +146,9 @@ class _EngineSession:
             self.dev: dict[str, Any] = {}
             for name in names:
                 shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
+                if min(shape, default=0) < 0:
+                    raise RuntimeError(f"{path}: tensor {name!r} has shape {shape} at the profile's largest batch; "
+                                       "the runner needs static output shapes: rebuild it with build-engine")
                 dtype = torch_dtype(trt.nptype(engine.get_tensor_dtype(name)))
                 self.dev[name] = torch.empty(shape, dtype=dtype, device=self.device)
                 self.host[name] = torch.empty(shape, dtype=dtype, pin_memory=True)
