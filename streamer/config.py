@@ -36,6 +36,7 @@ from pydantic import (
 
 from streamer.redact import REDACTED, is_secret_key, redact_secrets
 from streamer.sinks.config import JsonlSinkConfig, SinkConfig, parse_sink_spec
+from streamer.tracking_config import TrackingConfig
 
 SourceKind = Literal["file", "live"]
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp"})
@@ -213,6 +214,7 @@ class StreamerConfig(_Strict):
     sinks: list[SinkConfig] = Field(default_factory=list)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     systemd: SystemdConfig = Field(default_factory=SystemdConfig)
