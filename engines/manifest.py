@@ -12,18 +12,16 @@ deserializing::
 
 :func:`ensure_compatible` raises :class:`EngineIncompatibleError`, whose message names
 every field that differs and the exact ``build-engine`` command that rebuilds the engine
-for this machine. :func:`cache_key` hashes the compatibility-relevant fields, so an
-engine cache can be keyed on (machine, build arguments).
+for this machine.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, field
 from dataclasses import dataclass as std_dataclass
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -332,26 +330,3 @@ def ensure_compatible(
     if any(m.fatal for m in mismatches):
         raise EngineIncompatibleError(compatibility_message(manifest, mismatches, engine), mismatches)
     return mismatches
-
-
-def cache_key(source: Manifest | RuntimeEnvironment, build: BuildArgs | None = None) -> str:
-    """16 hex digits over the fields that decide whether an engine fits: TensorRT version,
-    compute capability (or the ampere_plus class), OS, and all build arguments.
-
-    ``cache_key(manifest) == cache_key(env, build_args)`` when the engine was built on a
-    machine like ``env`` with ``build_args``; GPU model and driver are not part of it.
-    """
-    env = source.environment if isinstance(source, Manifest) else source
-    if build is None:
-        if not isinstance(source, Manifest):
-            raise ValueError("cache_key(env, build) needs the build arguments when given an environment")
-        build = source.build
-    hw = "ampere_plus" if build.hardware_compatibility == "ampere_plus" else env.compute_capability
-    payload = {
-        "schema": SCHEMA,
-        "tensorrt_version": env.tensorrt_version,
-        "hardware": hw,
-        "os": env.os,
-        "build": asdict(build),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

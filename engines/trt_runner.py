@@ -20,7 +20,9 @@ Inference: frames are copied into a pinned host buffer, uploaded on the runner's
 run with ``set_input_shape`` + ``set_tensor_address`` + ``execute_async_v3(stream)``, and the
 padded outputs (``counts [B]``, ``boxes [B, D, 4]``, ``scores [B, D]``, ``labels [B, D]``,
 ``mask_probs [B, D, 28, 28]``) come back to pinned buffers, then to numpy
-:class:`Detections` (masks are pasted by ``Detections.paste``, like every runner's).
+:class:`Detections`. With ``paste_threshold`` set, each frame's masks are also pasted on the
+GPU from the device outputs (:func:`engines.masks.paste_boxes`: box-local, thresholded) and only
+those box-local masks come to the host, in one copy (``Detections.pasted``).
 Batches above the profile's maximum are split; batches below its minimum are padded with
 copies of the last frame. No CUDA graph: the engine has data-dependent shapes (NMS,
 ScatterND), which stream capture cannot record.
@@ -155,6 +157,18 @@ class _EngineSession:
                 if not self.context.set_tensor_address(name, self.dev[name].data_ptr()):
                     raise RuntimeError(f"TensorRT refused the device buffer of {name!r} {shape}")
 
+    def paste(self, dets: list[Detections], threshold: float) -> None:
+        """Paste the masks of ``dets`` (the last :meth:`run`'s frames, in order) on the GPU."""
+        import torch
+
+        from engines.masks import paste_boxes
+
+        with torch.cuda.device(self.device):
+            for i, det in enumerate(dets):
+                k = len(det)
+                det.pasted = (threshold, paste_boxes(self.dev["mask_probs"][i, :k], self.dev["boxes"][i, :k],
+                                                     *det.image_size, threshold))
+
     def run(self, frames: npt.NDArray[np.uint8], batch: int) -> dict[str, npt.NDArray[Any]]:
         """One engine run on ``frames [n, H, W, 3]`` padded to ``batch``; the first ``n`` outputs (copies)."""
         import torch
@@ -199,6 +213,8 @@ class TrtRunner(Runner):
         device: ``"cuda"`` or ``"cuda:N"``.
         requirements: what the caller needs (precision, batch size, input size), checked
             against the manifest before loading.
+        paste_threshold: paste masks on the GPU at this threshold (the publish threshold);
+            None leaves pasting to the caller (on the CPU).
 
     Raises:
         FileNotFoundError / ValueError: no or unreadable manifest (rebuild).
@@ -206,8 +222,10 @@ class TrtRunner(Runner):
         ImportError: TensorRT missing. RuntimeError: no such CUDA device, or TensorRT refused the engine.
     """
 
-    def __init__(self, path: str | Path, device: str = "cuda", requirements: Requirements | None = None) -> None:
+    def __init__(self, path: str | Path, device: str = "cuda", requirements: Requirements | None = None,
+                 paste_threshold: float | None = None) -> None:
         self._lock = threading.Lock()
+        self.paste_threshold = paste_threshold
         self._session: _EngineSession | None = None
         self.path = Path(path)
         self.device_index = parse_cuda_device(device)
@@ -235,7 +253,10 @@ class TrtRunner(Runner):
             start = 0
             for take, batch in batch_plan(len(stacked), session.batch_min, session.batch_max):
                 outputs = session.run(stacked[start:start + take], batch)
-                out += unpack_detections(outputs, self.frame_hw)
+                dets = unpack_detections(outputs, self.frame_hw)
+                if self.paste_threshold is not None:
+                    session.paste(dets, self.paste_threshold)
+                out += dets
                 start += take
         return out
 

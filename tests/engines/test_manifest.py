@@ -17,7 +17,6 @@ from engines.manifest import (
     Manifest,
     Requirements,
     RuntimeEnvironment,
-    cache_key,
     check_compatible,
     compatibility_message,
     ensure_compatible,
@@ -169,26 +168,6 @@ def test_version_compatible_engine_accepts_later_tensorrt_of_its_major(trt: str,
     fatal = [x.field for x in check_compatible(m, _machine(m, tensorrt_version=trt)) if x.fatal]
 
     assert fatal == ([] if ok else ["environment.tensorrt_version"])
-
-
-def test_cache_key_covers_machine_class_and_build_arguments(a5000: Manifest) -> None:
-    here = _machine(a5000)
-    key = cache_key(a5000)
-
-    assert key == cache_key(here, a5000.build)
-    assert key == cache_key(_machine(a5000, gpu_name="NVIDIA A10", driver_version="560.1"), a5000.build)
-    assert len({
-        key,
-        cache_key(_machine(a5000, tensorrt_version="10.13.3.9"), a5000.build),
-        cache_key(_machine(a5000, compute_capability="8.9"), a5000.build),
-        cache_key(here, dataclasses.replace(a5000.build, precision="fp32")),
-        cache_key(here, dataclasses.replace(a5000.build, batch=dataclasses.replace(a5000.build.batch, max=16))),
-        cache_key(here, dataclasses.replace(a5000.build, onnx_sha256="0" * 64)),
-    }) == 6
-    m = read_manifest(A100_AMPERE_PLUS)
-    assert cache_key(m) == cache_key(_machine(m, compute_capability="9.0"), m.build)
-    with pytest.raises(ValueError, match="needs the build arguments"):
-        cache_key(here)
 
 
 def test_missing_or_broken_manifests_say_to_rebuild(tmp_path: Path, a5000: Manifest) -> None:
