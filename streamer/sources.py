@@ -47,6 +47,11 @@ from streamer.metrics import StreamerMetrics, StreamState
 from streamer.redact import redact_url
 
 log = logging.getLogger("streamer.sources")
+
+LIVE_ANALYZE_DURATION_US = 1_000_000
+"""FFmpeg ``analyzeduration`` of live streams (µs) unless ``options`` sets one: FFmpeg's default
+probing held every (re)connection of an RTSP camera for about 3 s, then released those frames in
+a burst; 1 s still covers a keyframe interval of common cameras (the size comes from the SPS)."""
 _T = TypeVar("_T")
 
 
@@ -217,7 +222,7 @@ class SourceWorker:
             reader = self._open_file(self._hwaccel)
 
     def _open_live(self, hwaccel: str | None) -> av.container.InputContainer:
-        options = dict(self.cfg.options)
+        options = {"analyzeduration": str(LIVE_ANALYZE_DURATION_US), **self.cfg.options}
         if self.cfg.transport:
             options["rtsp_transport"] = self.cfg.transport
         accel = av.codec.hwaccel.HWAccel(device_type=hwaccel, allow_software_fallback=True) if hwaccel else None
