@@ -292,7 +292,8 @@ class Daemon:
         try:
             new = with_defaults(await asyncio.to_thread(load_config, self.config_path, self.overrides))
         except ConfigError as err:
-            log.error("SIGHUP: the config file is invalid; keeping the running config:\n%s", err)
+            for problem in str(err).splitlines():  # one log line per problem
+                log.error("SIGHUP: the config file is invalid; keeping the running config: %s", problem)
             return
         old = {s.name: s for s in self.cfg.sources}
         wanted = {s.name: s for s in new.sources}

@@ -294,3 +294,22 @@ def test_username_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     finally:
         sub.close()
         broker.stop()
+
+
+def test_default_status_topic_is_per_host(broker: Broker) -> None:
+    """Daemons on different hosts sharing a broker each get their own retained status (it was
+    one ``maskrcnn/status`` for all, each daemon overwriting the others' ``online``)."""
+    cfg = MqttSinkConfig(type="mqtt", host="127.0.0.1", port=broker.port)
+    expected = f"maskrcnn/{socket.gethostname()}/status"
+    assert cfg.status_topic == "maskrcnn/{host}/status" and cfg.resolved_status_topic == expected
+    sub = Subscriber(broker.port, [expected])
+
+    async def scenario() -> None:
+        sink = create_sink(cfg, StreamerMetrics(CollectorRegistry()))
+        await sink.start()
+        assert await asyncio.to_thread(sub.next_on, expected) == (expected, "online", False)
+        await sink.close(timeout=2.0)
+
+    asyncio.run(scenario())
+    assert sub.next_on(expected) == (expected, "offline", False)
+    sub.close()
