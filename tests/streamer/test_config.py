@@ -275,3 +275,19 @@ def test_redaction_of_query_tokens_and_bare_userinfo() -> None:
     assert redact_url("https://cdn/x.m3u8?token=abc&x=1") == "https://cdn/x.m3u8?token=***&x=1"
     assert redact_secrets("mqtt//u:pw@h/t") == "mqtt//***@h/t"
     assert redact_secrets("/srv/a@b.mp4") == "/srv/a@b.mp4"
+
+
+def test_operations_doc_log_level_drop_in_parses() -> None:
+    """docs/operations.md's ``ExecStart=`` with ``--log-level`` must be a valid command line
+    (it said to add the option after ``run``: "unrecognized arguments", a restart loop)."""
+    import shlex
+
+    from streamer.cli import build_parser
+
+    doc = (REPO / "docs" / "operations.md").read_text()
+    lines = [line for line in doc.splitlines() if line.startswith("ExecStart=") and "--log-level" in line]
+    assert lines, "the drop-in example is gone"
+    for line in lines:
+        argv = shlex.split(line.removeprefix("ExecStart="))[1:]
+        args = build_parser().parse_args(argv)
+        assert args.command == "run" and args.log_level == "debug"
