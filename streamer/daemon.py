@@ -393,4 +393,5 @@ def _load_runner(model: str | None, device: str, backend: str | None) -> Runner:
     try:
         return load_runner(model, device=device, backend=backend)
     except (OSError, ValueError, RuntimeError) as err:
-        raise StartupError(f"cannot load the model {model or '(demo)'} on {device}: {err}") from err
+        reason = " ".join(str(err).split())  # one log line, whatever the loader's message
+        raise StartupError(f"cannot load the model {model or '(demo)'} on {device}: {reason}") from err
