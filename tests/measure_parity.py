@@ -33,6 +33,7 @@ from engines.runner import Detections
 from engines.torch_runner import TorchRunner
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+FOLDS: dict[str, bool | str] = {"fold32": "float32", "fold64": "float64", "nofold": False}
 
 
 def photos(n: int) -> list[np.ndarray]:
@@ -71,7 +72,7 @@ def main() -> None:
             for variant in a.variants.split(","):
                 ours = model_from_state_dict(copy.deepcopy(tv.state_dict()), min_size=lo, max_size=hi)
                 runner = TorchRunner(ours, [str(i) for i in range(ours.cfg.num_classes)], kind,
-                                     fuse={"fold32": "float32", "fold64": "float64", "nofold": False}[variant])
+                                     fuse=FOLDS[variant])
                 t0 = time.perf_counter()
                 dets = runner.infer(frames)
                 rows.append((f"ours {variant}", dets, time.perf_counter() - t0))

@@ -26,6 +26,8 @@ from engines.parity import ParityStats, compare, compare_all
 from engines.runner import Detections
 from engines.torch_runner import TorchRunner
 
+pytestmark = pytest.mark.timeout(900)  # fixtures calibrate R50 models: slow on a loaded 2-core machine
+
 SIZES = {"small": (480, 800), "default": (800, 1333)}
 PHOTOS = {"small": 3, "default": 2}
 FLOOR_MARGIN = 0.02
