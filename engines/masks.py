@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -68,60 +69,84 @@ def expand_boxes(boxes: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], dim=1)
 
 
-def paste_boxes_torch(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int, width: int,
-                      threshold: float) -> list[tuple[int, int, torch.Tensor]]:
-    """Box-local binary masks on ``mask_probs``' device: ``(x0, y0, Tensor[h, w] bool)`` per instance.
+def _grown_boxes(boxes: torch.Tensor | npt.NDArray[np.float32], scale: float) -> tuple[list[list[int]], list[bool]]:
+    """Integer grown boxes (torchvision's float32 arithmetic, truncated) and which boxes are sound.
 
-    ``mask_probs`` is ``Tensor[K, M, M]`` (probabilities of the predicted class), ``boxes``
-    ``Tensor[K, 4]`` xyxy frame pixels. Exactly torchvision's paste restricted to each box,
-    thresholded ``> threshold``. A box torchvision could not paste (a NaN/inf coordinate, or
-    ``x2 < x1``/``y2 < y1``: never from a sound runner) gets an empty mask.
+    numpy and torch float32 element-wise operations round alike, so host boxes stay in numpy
+    (no tensor dispatch per operation) and device boxes stay on their device.
     """
-    if height <= 0 or width <= 0:
-        raise ValueError(f"pasting masks needs a positive frame size, got height={height}, width={width}")
-    k, m = int(mask_probs.shape[0]), int(mask_probs.shape[-1])
-    if k == 0:
-        return []
-    scale = float(m + 2 * PADDING) / m
-    padded = F.pad(mask_probs.float(), (PADDING,) * 4)
-    b = boxes.to(torch.float32)
-    sound = (torch.isfinite(b).all(dim=1) & (b[:, 2] >= b[:, 0]) & (b[:, 3] >= b[:, 1])).cpu().tolist()
-    grown = expand_boxes(torch.nan_to_num(b), scale).to(torch.int64).cpu().tolist()
-    out: list[tuple[int, int, torch.Tensor]] = []
-    for i, (x1, y1, x2, y2) in enumerate(grown):
-        x0, xe = min(max(x1, 0), width), min(max(x2 + 1, 0), width)
-        y0, ye = min(max(y1, 0), height), min(max(y2 + 1, 0), height)
-        if not sound[i] or x0 >= xe or y0 >= ye:  # unsound, or wholly outside the frame: nothing to paste
-            out.append((x0, y0, torch.zeros((0, 0), dtype=torch.bool, device=padded.device)))
-            continue
-        w, h = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)
-        resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear",
-                                align_corners=False)[0, 0]
-        out.append((x0, y0, resized[y0 - y1:ye - y1, x0 - x1:xe - x1] > threshold))
-    return out
+    if isinstance(boxes, np.ndarray):
+        b = boxes.astype(np.float32, copy=False)
+        with np.errstate(invalid="ignore"):
+            sound = np.isfinite(b).all(axis=1) & (b[:, 2] >= b[:, 0]) & (b[:, 3] >= b[:, 1])
+        b = np.nan_to_num(b)
+        w_half = (b[:, 2] - b[:, 0]) * np.float32(0.5) * np.float32(scale)
+        h_half = (b[:, 3] - b[:, 1]) * np.float32(0.5) * np.float32(scale)
+        x_c = (b[:, 2] + b[:, 0]) * np.float32(0.5)
+        y_c = (b[:, 3] + b[:, 1]) * np.float32(0.5)
+        with np.errstate(invalid="ignore", over="ignore"):
+            grown = np.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], axis=1).astype(np.int64)
+        return grown.tolist(), sound.tolist()
+    t = boxes.to(torch.float32)
+    sound_t = torch.isfinite(t).all(dim=1) & (t[:, 2] >= t[:, 0]) & (t[:, 3] >= t[:, 1])
+    grown_t = expand_boxes(torch.nan_to_num(t), scale).to(torch.int64)
+    return grown_t.cpu().tolist(), sound_t.cpu().tolist()
 
 
 def paste_boxes(mask_probs: npt.NDArray[np.float32] | torch.Tensor,
                 boxes: npt.NDArray[np.float32] | torch.Tensor,
                 height: int, width: int, threshold: float = 0.5) -> list[BoxMask]:
-    """:func:`paste_boxes_torch` brought to the host: one :class:`BoxMask` per instance.
+    """Box-local binary masks, one :class:`BoxMask` per instance, on the host.
 
-    Accepts numpy arrays or tensors on any device; from a GPU, all masks come back in one copy.
+    ``mask_probs`` is ``[K, M, M]`` (probabilities of the predicted class), ``boxes`` ``[K, 4]``
+    xyxy frame pixels; numpy arrays, or tensors on any device. Exactly torchvision's paste
+    restricted to each box, thresholded ``> threshold``. On a GPU the resizing and the threshold
+    run there and all masks come to the host in one copy. A box torchvision could not paste (a
+    NaN/inf coordinate, or ``x2 < x1``/``y2 < y1``: never from a sound runner) gets an empty mask.
     """
-    probs = torch.as_tensor(mask_probs) if isinstance(mask_probs, torch.Tensor) else torch.from_numpy(
-        np.ascontiguousarray(mask_probs))
-    bx = torch.as_tensor(boxes) if isinstance(boxes, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(boxes))
+    if height <= 0 or width <= 0:
+        raise ValueError(f"pasting masks needs a positive frame size, got height={height}, width={width}")
+    probs = mask_probs if isinstance(mask_probs, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(mask_probs))
+    k, m = int(probs.shape[0]), int(probs.shape[-1])
+    if k == 0:
+        return []
+    on_host = probs.device.type == "cpu"
+    grown, sound = _grown_boxes(boxes, float(m + 2 * PADDING) / m)
+    crops: list[tuple[int, int, Any]] = []
     with torch.inference_mode():
-        pieces = paste_boxes_torch(probs, bx, height, width, threshold)
-        if not pieces:
-            return []
-        if probs.device.type == "cpu":
-            host = [t.numpy() for _, _, t in pieces]
-        else:  # one device→host copy for all instances
-            flat = torch.cat([t.reshape(-1) for _, _, t in pieces]).cpu().numpy()
-            ends = np.cumsum([t.numel() for _, _, t in pieces])
-            host = [flat[e - t.numel():e].reshape(t.shape) for e, (_, _, t) in zip(ends, pieces, strict=True)]
-    return [BoxMask(x0, y0, np.ascontiguousarray(h)) for (x0, y0, _), h in zip(pieces, host, strict=True)]
+        padded = F.pad(probs.float(), (PADDING,) * 4)
+        for i, (x1, y1, x2, y2) in enumerate(grown):
+            x0, xe = min(max(x1, 0), width), min(max(x2 + 1, 0), width)
+            y0, ye = min(max(y1, 0), height), min(max(y2 + 1, 0), height)
+            if not sound[i] or x0 >= xe or y0 >= ye:  # unsound, or wholly outside the frame: nothing to paste
+                crops.append((x0, y0, np.zeros((0, 0), dtype=bool)))
+                continue
+            w, h = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)
+            resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+            if on_host:  # numpy slicing and comparison: no tensor dispatch per instance
+                crops.append((x0, y0, resized.numpy()[y0 - y1:ye - y1, x0 - x1:xe - x1] > threshold))
+            else:
+                crops.append((x0, y0, resized[y0 - y1:ye - y1, x0 - x1:xe - x1] > threshold))
+        if not on_host:
+            crops = _to_host(crops)
+    return [BoxMask(x0, y0, np.ascontiguousarray(c)) for x0, y0, c in crops]
+
+
+def _to_host(crops: list[tuple[int, int, Any]]) -> list[tuple[int, int, npt.NDArray[np.bool_]]]:
+    """Box-local masks with the tensors among them brought to the host in one copy."""
+    tensors = [c for _, _, c in crops if isinstance(c, torch.Tensor)]
+    if not tensors:
+        return crops
+    flat = torch.cat([c.reshape(-1) for c in tensors]).cpu().numpy()
+    start, host = 0, []
+    for x0, y0, c in crops:
+        if isinstance(c, torch.Tensor):
+            n = c.numel()
+            host.append((x0, y0, flat[start:start + n].reshape(tuple(c.shape))))
+            start += n
+        else:
+            host.append((x0, y0, c))
+    return host
 
 
 def paste_masks(mask_probs: npt.NDArray[np.float32], boxes: npt.NDArray[np.float32], height: int,

@@ -86,3 +86,25 @@ def test_full_height_columns_join_into_one_run() -> None:
     """Column c ending set at the bottom row and column c+1 starting set at the top row: one run."""
     bm = BoxMask(1, 0, np.ones((5, 2), bool))
     assert rle_counts(bm, 5, 4).tolist() == [5, 10, 5]
+
+
+def test_device_masks_come_to_the_host_in_order() -> None:
+    """The GPU branch's one-copy transfer, exercised with host tensors (no GPU here)."""
+    from engines.masks import _to_host
+
+    a, b = torch.tensor([[True, False, True]]), torch.tensor([[False], [True]])
+    empty = np.zeros((0, 0), bool)
+    out = _to_host([(1, 2, a), (0, 0, empty), (5, 6, b)])
+    assert [(x, y) for x, y, _ in out] == [(1, 2), (0, 0), (5, 6)]
+    assert out[0][2].tolist() == [[True, False, True]] and out[1][2] is empty
+    assert out[2][2].tolist() == [[False], [True]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_gpu_paste_equals_host_paste() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        probs, box, h, w = random_case(rng)
+        host = paste_boxes(probs, box, h, w, 0.5)[0]
+        dev = paste_boxes(torch.from_numpy(probs).cuda(), torch.from_numpy(box).cuda(), h, w, 0.5)[0]
+        assert (dev.x0, dev.y0) == (host.x0, host.y0) and np.array_equal(dev.mask, host.mask)
