@@ -2,7 +2,8 @@
 
 ``draw_detections`` is pure: it blends each instance's mask in a per-class colour
 (``alpha`` = 0.5), outlines its box and writes ``"<class> <score>"`` with Pillow's default
-font. The writers store a sequence of annotated frames:
+font; a tracked instance is coloured by its track id instead and labelled ``"#<id> <class>
+<score>"``. The writers store a sequence of annotated frames:
 
 - ``VideoWriter``: H.264 (libx264), yuv420p, in mp4/mkv/mov, one output frame per source
   frame at the source's average frame rate (25 fps for images or unknown rates). H.264 in
@@ -51,24 +52,38 @@ def class_color(label: int) -> tuple[int, int, int]:
     return round(r * 255), round(g * 255), round(b * 255)
 
 
+def track_color(track_id: int) -> tuple[int, int, int]:
+    """A colour for track ``track_id``: consecutive ids get distant hues, varied saturation/value."""
+    hue = (track_id * 0.618033988749895 + 0.1) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, (0.95, 0.7, 0.85)[track_id % 3], (0.95, 1.0, 0.8)[track_id % 3])
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
 def draw_detections(image: npt.NDArray[np.uint8], det: Detections,
                     masks: Sequence[BoxMask] | None, class_names: Sequence[str],
-                    alpha: float = MASK_ALPHA) -> npt.NDArray[np.uint8]:
+                    alpha: float = MASK_ALPHA,
+                    track_ids: Sequence[int | None] | None = None) -> npt.NDArray[np.uint8]:
     """``image`` (``uint8[H, W, 3]`` RGB) with ``det`` drawn on it; a new array, the input is untouched.
 
     ``masks`` are the box-local masks aligned with ``det`` (:meth:`Detections.box_masks`; None:
     boxes and labels only); each is blended inside its box only. Instances are drawn from the
     lowest score up, so the most confident one is on top. Outside every mask, box outline and
-    label, pixels equal the source.
+    label, pixels equal the source. ``track_ids`` (one per detection, None: no id) colour
+    and label each tracked instance by its track (untracked ones keep the class colour).
     """
     h, w = image.shape[:2]
     if masks is not None and len(masks) != len(det):
         raise ValueError(f"masks must hold one box mask per detection ({len(det)}), got {len(masks)}")
+    if track_ids is not None and len(track_ids) != len(det):
+        raise ValueError(f"track_ids must hold one id per detection ({len(det)}), got {len(track_ids)}")
+    ids = list(track_ids) if track_ids is not None else [None] * len(det)
+    colours = [class_color(int(det.labels[k])) if (tid := ids[k]) is None else track_color(tid)
+               for k in range(len(det))]
     order = np.argsort(det.scores, kind="stable")
     out = image.astype(np.float32)
     if masks is not None:
         for k in order.tolist():
-            tint = np.array(class_color(int(det.labels[k])), dtype=np.float32)
+            tint = np.array(colours[k], dtype=np.float32)
             bm = masks[k]
             mh, mw = bm.mask.shape
             if bm.y0 + mh > h or bm.x0 + mw > w:
@@ -82,11 +97,13 @@ def draw_detections(image: npt.NDArray[np.uint8], det: Detections,
     line = max(1, min(h, w) // 240)
     for k in order.tolist():
         label = int(det.labels[k])
-        colour = class_color(label)
+        colour = colours[k]
         x1, y1, x2, y2 = (float(v) for v in det.boxes[k])
         draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=colour, width=line)
         name = class_names[label] if 0 <= label < len(class_names) else str(label)
         text = f"{name} {float(det.scores[k]):.2f}"
+        if ids[k] is not None:
+            text = f"#{ids[k]} {text}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         tw, th = right - left, bottom - top
         ty = y1 - th - 2 if y1 - th - 2 >= 0 else y1  # above the box, or inside when at the top edge

@@ -13,8 +13,9 @@ Phases, logged on each transition::
 Signal handlers only set flags; the supervision tick acts on them. A second SIGINT forces an
 immediate exit. SIGHUP re-reads the config file's ``[[sources]]``: added streams start, removed
 ones stop (and lose their metrics), changed ones restart (frame numbering continues), others are
-untouched. Other sections need a restart. The daemon exits by itself (draining first) once every
-source has ended or failed, e.g. after a non-looping file.
+untouched; a removed stream's tracker is dropped, a changed one starts a new tracker at its first
+new frame (track ids continue, never reused). Other sections need a restart. The daemon exits by
+itself (draining first) once every source has ended or failed, e.g. after a non-looping file.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -54,6 +55,9 @@ from streamer.metrics import StreamerMetrics
 from streamer.sdnotify import Notifier, pipeline_alive, watchdog_period
 from streamer.sinks.base import Sink, create_sink
 from streamer.sources import SourceWorker
+
+if TYPE_CHECKING:
+    from streamer.tracking_pipeline import StreamTrackers
 
 log = logging.getLogger("streamer.daemon")
 
@@ -105,6 +109,7 @@ class Daemon:
         self._http: HttpServer | None = None
         self._worker: InferenceWorker | None = None
         self._publisher: Publisher | None = None
+        self._trackers: StreamTrackers | None = None
         self._batcher = Batcher(self.cfg.batching, self._count_drop)
         self._pipeline: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -164,8 +169,13 @@ class Daemon:
         self._worker = InferenceWorker(runner, self.metrics)
         spec = MessageSpec(info.class_names, frozenset(s.encoding for s in self.sinks),
                            inf.score_threshold, inf.mask_threshold)
+        if self.cfg.tracking.enabled:
+            from streamer.tracking_pipeline import StreamTrackers
+
+            self._trackers = StreamTrackers(self.cfg.tracking, self._frame_time, self.metrics)
         self._publisher = Publisher(self.sinks, spec, self.metrics, inf.postprocess_workers,
-                                    inf.max_batches_in_flight, active=self.streams.__contains__)
+                                    inf.max_batches_in_flight, active=self.streams.__contains__,
+                                    trackers=self._trackers)
         self.metrics.watch_queue("publish", self._publisher.in_flight)
         self.metrics.watch_queue("frames", self._batcher.pending)
         self._pipeline = asyncio.create_task(
@@ -302,8 +312,13 @@ class Daemon:
         changed = [n for n in wanted if n in old and wanted[n] != old[n]]
         for name in removed:
             self._stop_stream(name, forget=True)
+            if self._trackers is not None:
+                self._trackers.drop(name)
         for name in changed:
-            self._start_stream(wanted[name], start_index=self._stop_stream(name, forget=False))
+            first = self._stop_stream(name, forget=False)
+            self._start_stream(wanted[name], start_index=first)
+            if self._trackers is not None:
+                self._trackers.restart(name, first)
         for name in added:
             self._start_stream(wanted[name])
         ignored = [k for k in StreamerConfig.model_fields
@@ -328,6 +343,12 @@ class Daemon:
         published = self._publisher.published_total() if self._publisher else 0
         return (f"{self.phase.value}; {self.streams_up()}/{len(self.streams)} streams up{detail}; "
                 f"{published} frames published, {self._dropped} dropped, {self._batcher.pending()} queued")
+
+    def _frame_time(self, frame: Frame) -> float | None:
+        """Tracking time of a frame (s): pts for file sources (a loop restarts it: tracks end),
+        capture time for live streams (a reconnect longer than ``max_age_s`` ends tracks)."""
+        stream = self.streams.get(frame.stream)
+        return frame.pts if stream is not None and stream.cfg.kind == "file" else frame.capture_time
 
     def _count_drop(self, frame: Frame, reason: str) -> None:
         self._dropped += 1

@@ -6,10 +6,14 @@ Three stages, each off the event loop where it computes::
                          ──► Publisher.submit()            postprocess pool ("post-N"):
                                                            streamer.messages (filter, box-local
                                                            masks, RLE/polygons)
-                         ──► Publisher.run()               on the loop: sink.publish(), in order
+                         ──► Publisher.run()               on the loop, in order: tracking
+                                                           (streamer.tracking_pipeline), then
+                                                           sink.publish()
 
 Batches are published in the order they were inferred, so each stream's frames reach the sinks
-in frame order. ``max_batches_in_flight`` bounds the batches between inference and publishing:
+in frame order. Tracking needs that order (a stream's tracker must see its frames one after
+the other), so it runs in the ordered publish step, not on the postprocessing pool: under a
+millisecond per frame (docs/performance.md), on the loop thread. ``max_batches_in_flight`` bounds the batches between inference and publishing:
 when postprocessing falls behind, inference waits (and live queues drop their oldest frames).
 """
 
@@ -33,6 +37,7 @@ from streamer.schema import class_name
 if TYPE_CHECKING:
     from streamer.metrics import StreamerMetrics
     from streamer.sinks.base import Sink
+    from streamer.tracking_pipeline import StreamTrackers
 
 log = logging.getLogger("streamer.inference")
 
@@ -90,10 +95,10 @@ class InferenceWorker:
 
 
 def _postprocess(frames: Sequence[Frame], dets: Sequence[Detections], spec: MessageSpec,
-                 metrics: StreamerMetrics) -> list[FrameResult]:
+                 metrics: StreamerMetrics, need_masks: bool = False) -> list[FrameResult]:
     start = time.thread_time()
     try:
-        return batch_results(frames, dets, spec)
+        return batch_results(frames, dets, spec, need_masks)
     finally:
         metrics.stage_cpu.labels("postprocess").inc(time.thread_time() - start)
 
@@ -102,8 +107,11 @@ class Publisher:
     """Postprocesses batches on a thread pool and publishes them to every sink, in batch order."""
 
     def __init__(self, sinks: Sequence[Sink], spec: MessageSpec, metrics: StreamerMetrics,
-                 workers: int, max_in_flight: int, active: Callable[[str], bool]) -> None:
+                 workers: int, max_in_flight: int, active: Callable[[str], bool],
+                 trackers: StreamTrackers | None = None) -> None:
         self.sinks = list(sinks)
+        self.trackers = trackers
+        """Per-stream trackers, run in publish order (None: messages carry no ``track_id``)."""
         self.active = active
         """Whether a stream still exists: frames of streams removed meanwhile are not published."""
         self.spec = spec
@@ -124,7 +132,8 @@ class Publisher:
     async def submit(self, frames: list[Frame], dets: list[Detections]) -> None:
         """Start postprocessing a batch; waits while ``max_in_flight`` batches are pending."""
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, _postprocess, frames, dets, self.spec, self.metrics)
+        fut = loop.run_in_executor(self._pool, _postprocess, frames, dets, self.spec, self.metrics,
+                                   self.trackers is not None)
         await self._pending.put((frames, fut))
         self.metrics.queue_depth.labels(queue="publish").set(self._pending.qsize())
 
@@ -153,6 +162,8 @@ class Publisher:
         self._pool.shutdown(wait=False)
 
     def _publish(self, frame: Frame, result: FrameResult) -> None:
+        if self.trackers is not None:
+            self.trackers.track(frame, result)
         for sink in self.sinks:
             sink.publish(result.messages[sink.encoding])
         self.published[frame.stream] += 1

@@ -6,12 +6,18 @@ evaluation tools, so that every path publishes the same bytes for the same detec
     result = frame_result(frame, detections, spec)
     result.messages["rle"]        # the frame message (docs/frame-schema.json) with RLE masks
     result.masks                  # list[BoxMask]: box-local binary masks of result.detections
+    add_track_ids(result, ids)    # tracking (streamer.tracking_pipeline): "track_id" per instance
 
 Steps: drop instances a runner should never return (NaN/inf or inverted boxes; counted by
 reason in ``result.dropped``), keep ``score >= score_threshold``, paste the kept instances'
 masks box-locally (:func:`engines.masks.paste_boxes`, or the runner's own device paste), then
 encode each requested mask encoding from the box-local masks. Nothing here allocates a
 full-frame array per instance.
+
+Tracking runs after this step, in frame order per stream (:mod:`streamer.tracking_pipeline`):
+it reads ``result.candidates`` (every valid instance, also those below the threshold, for
+the tracker's low-score pass) and :func:`add_track_ids` adds ``track_id`` to the instances of
+every message already built. Without tracking, the messages are exactly those built here.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from engines.masks import BoxMask
 from engines.runner import Detections
@@ -55,6 +62,27 @@ class FrameResult:
     """The frame message in each encoding of the spec."""
     dropped: dict[str, int] = field(default_factory=dict)
     """Instances dropped as invalid, by reason (``nonfinite``, ``inverted``); only non-zero counts."""
+    candidates: Detections | None = None
+    """Every valid instance, published or not (the tracker's second pass uses the low-score ones)."""
+    published: npt.NDArray[np.bool_] | None = None
+    """``bool[len(candidates)]``: which candidates are ``detections`` (``score >= score_threshold``)."""
+    track_ids: list[int | None] | None = None
+    """Track id of each published instance (None: no id yet) once tracked; None when untracked."""
+
+
+def add_track_ids(result: FrameResult, ids: Sequence[int | None]) -> None:
+    """Record ``ids`` (one per published instance) and add ``"track_id"`` to each message's
+    instances, after ``"box"`` (before ``"mask"``)."""
+    if len(ids) != len(result.detections):
+        raise ValueError(f"add_track_ids needs one id per published instance ({len(result.detections)}), "
+                         f"got {len(ids)}")
+    result.track_ids = list(ids)
+    for msg in result.messages.values():
+        for inst, tid in zip(msg["instances"], result.track_ids, strict=True):
+            mask = inst.pop("mask", None)  # re-inserted so that "track_id" precedes it
+            inst["track_id"] = tid
+            if mask is not None:
+                inst["mask"] = mask
 
 
 def valid_detections(det: Detections) -> tuple[Detections, dict[str, int]]:
@@ -73,7 +101,8 @@ def valid_detections(det: Detections) -> tuple[Detections, dict[str, int]]:
 def frame_result(frame: Frame, det: Detections, spec: MessageSpec, need_masks: bool = False) -> FrameResult:
     """The messages of ``frame`` for ``det`` (``need_masks``: also paste when no encoding needs masks)."""
     valid, dropped = valid_detections(det)
-    kept = valid.filter(spec.score_threshold)
+    published = valid.scores >= spec.score_threshold
+    kept = valid.select(published)  # = valid.filter(spec.score_threshold)
     masks = None
     if need_masks or spec.encodings - {"none"}:
         masks = kept.box_masks(spec.mask_threshold)
@@ -83,7 +112,7 @@ def frame_result(frame: Frame, det: Detections, spec: MessageSpec, need_masks: b
                            spec.class_names, enc, extra)
         for enc in spec.encodings
     }
-    return FrameResult(kept, masks, messages, dropped)
+    return FrameResult(kept, masks, messages, dropped, valid, published)
 
 
 def batch_results(frames: Sequence[Frame], dets: Sequence[Detections], spec: MessageSpec,

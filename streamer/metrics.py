@@ -31,7 +31,7 @@ DROP_REASONS: tuple[str, ...] = get_args(DropReason)
 
 INSTANCE_DROP_REASONS = ("nonfinite", "inverted")
 """Why an instance a runner returned is not published (``engines.runner.Detections.invalid``)."""
-PIPELINE_STAGES = ("decode", "inference", "postprocess", "publish")
+PIPELINE_STAGES = ("decode", "inference", "postprocess", "track", "publish")
 """Stages of ``streamer_stage_cpu_seconds_total``, in pipeline order."""
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32)
@@ -89,8 +89,15 @@ class StreamerMetrics:
             ["stream", "reason"], registry=r)
         self.stage_cpu = Counter(
             "streamer_stage_cpu_seconds",
-            "CPU time spent in each pipeline stage (decode, inference, postprocess, publish), "
+            "CPU time spent in each pipeline stage (decode, inference, postprocess, track, publish), "
             "summed over its threads.", ["stage"], registry=r)
+        # Tracking (streamer.tracking_pipeline).
+        self.tracks_active = Gauge(
+            "streamer_tracks_active",
+            "Confirmed tracks alive in the stream (detected now, or lost for at most [tracking] max_age_s).",
+            ["stream"], registry=r)
+        self.tracks_started = Counter(
+            "streamer_tracks_started", "Tracks confirmed (given a new track id).", ["stream"], registry=r)
         # Sinks.
         self.sink_sent = Counter(
             "streamer_sink_messages_sent", "Messages a sink delivered to its transport.", ["sink"], registry=r)
@@ -121,8 +128,9 @@ class StreamerMetrics:
     def init_stream(self, stream: str) -> None:
         """Create a stream's series at 0 so that ``rate()`` sees the first increment."""
         for counter in (self.frames_decoded, self.frames_inferred, self.frames_published,
-                        self.decode_errors, self.reconnects):
+                        self.decode_errors, self.reconnects, self.tracks_started):
             counter.labels(stream)
+        self.tracks_active.labels(stream).set(0)
         for reason in DROP_REASONS:
             self.frames_dropped.labels(stream, reason)
         for reason in INSTANCE_DROP_REASONS:
@@ -133,7 +141,8 @@ class StreamerMetrics:
         """Remove every series labelled ``stream`` (a source removed by a config reload)."""
         for metric in (self.frames_decoded, self.frames_inferred, self.frames_published,
                        self.frames_dropped, self.decode_errors, self.reconnects, self.stream_state,
-                       self.input_fps, self.end_to_end_latency, self.instances, self.instances_dropped):
+                       self.input_fps, self.end_to_end_latency, self.instances, self.instances_dropped,
+                       self.tracks_active, self.tracks_started):
             metric.remove_by_labels({"stream": stream})
 
     def init_sink(self, sink: str) -> None:

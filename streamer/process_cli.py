@@ -22,9 +22,9 @@ import logging
 import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import av
 
@@ -35,6 +35,10 @@ from streamer.media import MediaError, open_media
 from streamer.messages import MessageSpec, batch_results
 from streamer.progress import progress
 from streamer.schema import MaskEncoding, dumps
+from streamer.tracking_config import TrackingConfig
+
+if TYPE_CHECKING:
+    from streamer.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,9 @@ class ProcessOptions:
     """Where annotated frames go; None writes none."""
     annotate_threshold: float | None = None
     """Annotated frames draw instances scoring at least this; None: ``score_threshold``."""
+    tracking: TrackingConfig | None = field(default_factory=TrackingConfig)
+    """Track each video input (``track_id`` on every instance, timed by pts); None: no tracking.
+    Images are never tracked."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "(default: --score-threshold)")
     p.add_argument("--mask-encoding", choices=MASK_ENCODINGS, default="rle",
                    help="instance masks as COCO RLE (default), polygons, or none")
+    p.add_argument("--no-track", action="store_true",
+                   help="no tracking: instances carry no track_id (default: each video input is "
+                        "tracked, [tracking] defaults)")
     p.set_defaults(func=run, parser=p)
 
 
@@ -110,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
                      "or omit --model for the embedded demo model")
     options = ProcessOptions(batch_size=args.batch, score_threshold=args.score_threshold,
                              mask_encoding=args.mask_encoding, annotate=args.annotate,
-                             annotate_threshold=args.annotate_threshold)
+                             annotate_threshold=args.annotate_threshold,
+                             tracking=None if args.no_track else TrackingConfig())
     with contextlib.ExitStack() as stack:
         try:
             out = stack.enter_context(_open_output(args.out))
@@ -162,9 +173,14 @@ def process_one(path: str, runner: Runner, out: TextIO, options: ProcessOptions,
         writer = (options.annotate.writer_for(path, reader.info, n_inputs)
                   if options.annotate is not None else None)
         done = 0
+        tracker = None
+        if options.tracking is not None and options.tracking.enabled and reader.info.kind == "video":
+            from streamer.tracking import Tracker  # deferred: numpy/scipy only when tracking
+
+            tracker = Tracker(options.tracking, path)
         try:
             for batch in _equal_size_batches(reader, options.batch_size):
-                _infer_batch(path, batch, runner, out, options, writer)
+                _infer_batch(path, batch, runner, out, options, writer, tracker)
                 done += len(batch)
                 bar.update(len(batch))
         finally:
@@ -198,25 +214,31 @@ def _equal_size_batches(frames: Iterable[Frame], size: int) -> Iterator[list[Fra
 
 
 def _infer_batch(source: str, batch: Sequence[Frame], runner: Runner, out: TextIO,
-                 options: ProcessOptions, writer: FrameWriter | None) -> None:
+                 options: ProcessOptions, writer: FrameWriter | None, tracker: Tracker | None = None) -> None:
     try:
         dets = runner.infer([f.image for f in batch])
     except ValueError as err:  # e.g. engines.static_io.FrameSizeError: a size the engine was not built for
         raise MediaError(source, f"frame {batch[0].index}: {err}") from err
     names = runner.info.class_names
     spec = MessageSpec(names, frozenset({options.mask_encoding}), options.score_threshold, live=False)
-    for frame, result in zip(batch, batch_results(batch, dets, spec, need_masks=writer is not None),
-                             strict=True):
+    need_masks = writer is not None or tracker is not None
+    for frame, result in zip(batch, batch_results(batch, dets, spec, need_masks=need_masks), strict=True):
         if result.dropped:
             logger.warning("%s frame %d: dropped invalid instances from the runner: %s", source, frame.index,
                            ", ".join(f"{n} {reason}" for reason, n in result.dropped.items()))
+        if tracker is not None:
+            from streamer.tracking_pipeline import track_result
+
+            track_result(tracker, frame, result, frame.pts)
         out.write(dumps(result.messages[options.mask_encoding]) + "\n")
         if writer is not None:
             kept = result.detections
             shown = kept.scores >= (options.annotate_threshold or 0.0)  # None: everything kept is drawn
             masks = None if result.masks is None else [m for m, s in zip(result.masks, shown.tolist(),
                                                                            strict=True) if s]
-            writer.write(draw_detections(frame.image, kept.select(shown), masks, names))
+            ids = None if result.track_ids is None else [t for t, s in zip(result.track_ids, shown.tolist(),
+                                                                           strict=True) if s]
+            writer.write(draw_detections(frame.image, kept.select(shown), masks, names, track_ids=ids))
     out.flush()
 
 

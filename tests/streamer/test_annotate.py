@@ -19,6 +19,7 @@ from streamer.annotate import (
     VideoWriter,
     class_color,
     draw_detections,
+    track_color,
 )
 from streamer.media import MediaInfo, open_media
 from streamer.process_cli import ProcessOptions, process_inputs
@@ -104,6 +105,23 @@ def test_masks_must_match_detections_and_image() -> None:
         draw_detections(source_frame(0), det, [BoxMask(60, 0, np.zeros((32, 48), bool))], NAMES)
 
 
+def test_tracked_instances_are_coloured_and_labelled_by_track() -> None:
+    det = _detections([[8, 8, 40, 40], [50, 8, 90, 40]], [0.9, 0.8], [1, 1])
+    masks = [BoxMask(8, 8, np.ones((32, 32), bool)), BoxMask(50, 8, np.ones((32, 40), bool))]
+    image = source_frame(0)
+    out = draw_detections(image, det, masks, NAMES, track_ids=[7, None])
+    centre = out[24, 24].astype(np.float64)
+    expected = 0.5 * image[24, 24] + 0.5 * np.array(track_color(7), np.float64)
+    assert np.abs(centre - expected).max() <= 1.0
+    other = 0.5 * image[24, 70] + 0.5 * np.array(class_color(1), np.float64)  # no id: the class colour
+    assert np.abs(out[24, 70] - other).max() <= 1.0
+    labelled = draw_detections(image, det, masks, NAMES, track_ids=[7, 12])
+    assert not np.array_equal(labelled, out)  # "#12 circle 0.80" replaces "circle 0.80"
+    with pytest.raises(ValueError, match=r"one id per detection \(2\), got 1"):
+        draw_detections(image, det, masks, NAMES, track_ids=[1])
+    assert len({track_color(i) for i in range(1, 41)}) == 40
+
+
 def test_class_colours_are_stable_and_distinct() -> None:
     colours = [class_color(label) for label in range(1, 21)]
     assert colours == [class_color(label) for label in range(1, 21)]
@@ -131,8 +149,11 @@ def test_annotated_video_has_source_frames_and_blended_mask(media_dir: Path, tmp
     with av.open(str(target)) as container:
         stream = container.streams.video[0]
         assert (stream.codec_context.name, stream.codec_context.pix_fmt) == ("h264", "yuv420p")
-    thing = np.array(class_color(1), np.float64)  # FixedRunner's 0.9 "thing" fills the middle half
-    for src, ann in zip(source, annotated, strict=True):
+    for i, (src, ann) in enumerate(zip(source, annotated, strict=True)):
+        # FixedRunner's 0.9 "thing" fills the middle half: in its class colour while untracked
+        # (images; frame 0, before the track is confirmed), then in its track's colour
+        tracked = name != "photo.png" and i >= 1
+        thing = np.array(track_color(1) if tracked else class_color(1), np.float64)
         assert ann.shape == src.shape
         centre_src = src[28:36, 40:56].astype(np.float64)
         centre_ann = ann[28:36, 40:56].astype(np.float64)

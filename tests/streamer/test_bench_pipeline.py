@@ -34,5 +34,5 @@ def test_bench_pipeline_reports_every_figure(tmp_path: Path) -> None:
     assert r["decode_only"]["frames"] == 12 and r["pipeline"]["frames"] == 12
     assert r["pipeline"]["exit"] == 0 and r["decode_only"]["fps"] > 0 and r["pipeline_vs_decode"] > 0
     stages = r["pipeline"]["stage_cpu_ms_per_frame"]
-    assert set(stages) == {"decode", "inference", "postprocess", "publish"} and stages["postprocess"] > 0
+    assert set(stages) == {"decode", "inference", "postprocess", "track", "publish"} and stages["postprocess"] > 0
     assert r["postprocess"][0]["instances"] == 5 and r["postprocess"][0]["ms"] > 0

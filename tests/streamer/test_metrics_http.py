@@ -34,6 +34,8 @@ EXPECTED = {  # family name → (type, label names)
     "streamer_instances": ("counter", {"stream", "class"}),
     "streamer_instances_dropped": ("counter", {"stream", "reason"}),
     "streamer_stage_cpu_seconds": ("counter", {"stage"}),
+    "streamer_tracks_active": ("gauge", {"stream"}),
+    "streamer_tracks_started": ("counter", {"stream"}),
     "streamer_sink_messages_sent": ("counter", {"sink"}),
     "streamer_sink_messages_dropped": ("counter", {"sink"}),
     "streamer_sink_errors": ("counter", {"sink"}),

@@ -158,3 +158,22 @@ def test_box_and_mask_iou() -> None:
     m = BoxMask(0, 0, np.ones((10, 10), dtype=bool))
     assert shifted_mask_iou(m, 100, 5, 0, m, 100) == pytest.approx(50 / 150)
     assert shifted_mask_iou(m, 100, 0, 0, BoxMask(3, 3, np.ones((0, 0), dtype=bool)), 0) == 0.0
+
+
+def test_shipped_config_documents_every_tracking_key_with_its_default() -> None:
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from streamer.config import ConfigError, validate_config
+
+    text = (Path(__file__).resolve().parents[2] / "config" / "streamer.toml").read_text()
+    block = text[text.index("# [tracking]"):].split("\n\n")[0]
+    data = tomllib.loads("\n".join(re.sub(r"^# ?", "", line) for line in block.splitlines()))
+    assert set(data["tracking"]) == set(TrackingConfig.model_fields)
+    assert validate_config(data).tracking == TrackingConfig()
+    with pytest.raises(ConfigError) as err:
+        validate_config({"tracking": {"max_age": 2}})
+    assert "tracking.max_age = 2: unknown key; allowed keys here: enabled, high_score" in str(err.value)
+    with pytest.raises(ConfigError, match=r"tracking.max_age_s = 0: Input should be greater than 0"):
+        validate_config({"tracking": {"max_age_s": 0}})
