@@ -116,8 +116,14 @@ def backend_for(path: str | Path | None) -> str:
 
 
 def load_runner(path: str | Path | None, device: str = "cpu", backend: str | None = None,
-                **overrides: Any) -> Runner:
-    """Open ``path`` (None = demo model) on ``device`` with ``backend`` (default: by file type)."""
+                paste_threshold: float | None = None, **overrides: Any) -> Runner:
+    """Open ``path`` (None = demo model) on ``device`` with ``backend`` (default: by file type).
+
+    ``paste_threshold``: on a CUDA device, the runner pastes each frame's masks on the GPU at
+    this threshold and brings only the box-local masks to the host (``Detections.pasted``);
+    on the CPU, pasting stays with the caller's postprocessing threads.
+    """
+    gpu_paste = paste_threshold if device.startswith("cuda") else None
     backend = backend or backend_for(path)
     if backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -126,7 +132,7 @@ def load_runner(path: str | Path | None, device: str = "cpu", backend: str | Non
 
         lm = load_model(path, **overrides)
         try:
-            return TorchRunner(lm.model, lm.class_names, lm.name, device=device)
+            return TorchRunner(lm.model, lm.class_names, lm.name, device=device, paste_threshold=gpu_paste)
         except ValueError as e:
             raise ModelLoadError(str(e)) from e
     if path is None:
@@ -138,4 +144,4 @@ def load_runner(path: str | Path | None, device: str = "cpu", backend: str | Non
         return OrtRunner(path, device=device)
     from engines.trt_runner import TrtRunner
 
-    return TrtRunner(path, device=device)
+    return TrtRunner(path, device=device, paste_threshold=gpu_paste)

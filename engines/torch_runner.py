@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from engines.masks import paste_boxes
 from engines.model.maskrcnn import MaskRCNN
 from engines.runner import Detections, ModelInfo, Runner
 
@@ -55,14 +56,21 @@ matter; the export folds anyway (TensorRT fuses norms itself).
 class TorchRunner(Runner):
     """Runs a loaded :class:`MaskRCNN` in eval mode.
 
+    On CUDA, frames go to the GPU once, as uint8, from a pinned host buffer (resize and
+    normalization run in the model, on the GPU).
+
     Args:
         fuse: fold batch norms into convolutions (``True`` = arithmetic in float64, or the
             dtype name ``"float32"`` / ``"float64"``); default :data:`FOLD_NORMS_BY_DEFAULT`.
+        paste_threshold: paste each frame's masks on the model's device at this threshold
+            (box-local, :func:`engines.masks.paste_boxes`) and bring only those masks to the host
+            (``Detections.pasted``); None leaves pasting to the caller. Meant for CUDA.
     """
 
     def __init__(self, model: MaskRCNN, class_names: Sequence[str], name: str, device: str = "cpu",
-                 fuse: bool | str = FOLD_NORMS_BY_DEFAULT) -> None:
+                 fuse: bool | str = FOLD_NORMS_BY_DEFAULT, paste_threshold: float | None = None) -> None:
         self.device = parse_device(device)
+        self.paste_threshold = paste_threshold
         dtypes = {"float32": torch.float32, "float64": torch.float64}
         if isinstance(fuse, str) and fuse not in dtypes:
             raise ValueError(f"fuse takes a bool or one of {sorted(dtypes)}, got {fuse!r}")
@@ -75,13 +83,23 @@ class TorchRunner(Runner):
     def infer(self, frames: Sequence[npt.NDArray[np.uint8]]) -> list[Detections]:
         out: list[Detections | None] = [None] * len(frames)
         for (h, w), idx in group_by_size(frames).items():
-            batch = torch.from_numpy(np.stack([frames[i] for i in idx])).to(self.device)
+            if self.device.type == "cuda":  # frames copied once into pinned memory, uploaded asynchronously
+                pinned = torch.empty((len(idx), h, w, 3), dtype=torch.uint8, pin_memory=True)
+                for j, i in enumerate(idx):
+                    pinned[j].numpy()[...] = frames[i]
+                batch = pinned.to(self.device, non_blocking=True)
+            else:
+                batch = torch.from_numpy(np.stack([frames[i] for i in idx]))
             for i, raw in zip(idx, self.model(batch), strict=True):
-                out[i] = Detections(
+                det = Detections(
                     boxes=raw.boxes.float().cpu().numpy(),
                     scores=raw.scores.float().cpu().numpy(),
                     labels=raw.labels.cpu().numpy().astype(np.int64),
                     mask_probs=raw.mask_probs.float().cpu().numpy(),
                     image_size=(h, w),
                 )
+                if self.paste_threshold is not None:
+                    det.pasted = (self.paste_threshold,
+                                  paste_boxes(raw.mask_probs, raw.boxes, h, w, self.paste_threshold))
+                out[i] = det
         return [d for d in out if d is not None]

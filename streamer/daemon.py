@@ -162,7 +162,7 @@ class Daemon:
         inf = self.cfg.inference
         runner = self._given_runner
         if runner is None:
-            runner = await asyncio.to_thread(_load_runner, inf.model, inf.device, inf.backend)
+            runner = await asyncio.to_thread(_load_runner, inf.model, inf.device, inf.backend, inf.mask_threshold)
         info = runner.info
         log.info("model %s loaded (%s on %s)", info.name, info.backend, info.device)
         self.metrics.set_info(streamer.__version__, info.backend, info.device, info.name)
@@ -408,11 +408,12 @@ class Daemon:
         return fut.done() and not self.forced
 
 
-def _load_runner(model: str | None, device: str, backend: str | None) -> Runner:
+def _load_runner(model: str | None, device: str, backend: str | None, mask_threshold: float) -> Runner:
+    """The runner; on CUDA it pastes masks on the GPU at the publish threshold."""
     from engines.loading import load_runner
 
     try:
-        return load_runner(model, device=device, backend=backend)
+        return load_runner(model, device=device, backend=backend, paste_threshold=mask_threshold)
     except (OSError, ValueError, RuntimeError) as err:
         reason = " ".join(str(err).split())  # one log line, whatever the loader's message
         raise StartupError(f"cannot load the model {model or '(demo)'} on {device}: {reason}") from err

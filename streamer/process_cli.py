@@ -247,7 +247,8 @@ def _load_runner(model: str | None, device: str, backend: str | None) -> Runner 
     from engines.loading import load_runner  # deferred: loading imports torch
 
     try:
-        runner: Runner = load_runner(model, device=device, backend=backend)
+        runner: Runner = load_runner(model, device=device, backend=backend,
+                                     paste_threshold=MessageSpec.mask_threshold)  # GPU paste on CUDA
     except Exception as err:  # any load failure is reported as one line, never a traceback
         what = model if model is not None else "embedded demo model"
         reason = str(err).removeprefix(f"{what}: ")  # loaders often name the file themselves
