@@ -7,7 +7,8 @@ Makes one synthetic H.264 clip (default 1920×1080), then, in one run:
 2. **pipeline** — ``streamer run``'s daemon over N file sources of the clip (not paced), with
    :class:`~streamer.replay.ReplayRunner` answering ``K`` instances per frame instantly (``--real``:
    the loaded model instead), postprocessing on the pool, a JSONL sink on disk. Reports frames/s,
-   CPU milliseconds per frame of each stage (``streamer_stage_cpu_seconds_total``) and peak RSS;
+   CPU milliseconds per frame of each stage (``streamer_stage_cpu_seconds_total``) and the peak
+   RSS of this phase (Linux VmHWM, reset before it);
 3. **postprocess** — one thread, one frame, ``K`` in ``--post-instances``: filter, box-local paste,
    RLE, JSON line (:func:`streamer.messages.frame_result`), against the full-frame reference path
    (paste K×H×W, threshold, pycocotools ``encode``) that the pipeline used before.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import resource
@@ -50,7 +52,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=run)
 
 
+def _reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux: ``5`` into ``/proc/self/clear_refs`` resets VmHWM)."""
+    with contextlib.suppress(OSError):  # elsewhere the peak covers the whole process
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def _peak_rss_mb() -> float:
+    """Peak resident set size since :func:`_reset_peak_rss` (VmHWM), in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -95,9 +110,11 @@ def pipeline(video: Path, streams: int, runner: Any, batch: int, workers: int, o
         "batching": {"max_batch_size": batch},
         "inference": {"postprocess_workers": workers},
         "metrics": {"enabled": False},
+        "shutdown": {"timeout_s": 3600},  # the files end long before a slow model drains them
     })
     registry = CollectorRegistry()
     daemon = Daemon(cfg, registry=registry, runner=runner)
+    _reset_peak_rss()
     t0, p0 = time.perf_counter(), time.process_time()
     code = asyncio.run(daemon.run())
     wall, process_cpu = time.perf_counter() - t0, time.process_time() - p0
@@ -107,6 +124,21 @@ def pipeline(video: Path, streams: int, runner: Any, batch: int, workers: int, o
     return {"exit": code, "frames": published, "wall_s": wall, "fps": published / wall,
             "process_cpu_ms_per_frame": 1000 * process_cpu / max(published, 1),
             "stage_cpu_ms_per_frame": stage_ms, "peak_rss_mb": _peak_rss_mb()}
+
+
+def model_only(video: Path, runner: Any, batch: int, repeats: int = 5) -> dict[str, float]:
+    """``runner.infer`` alone on batches of ``batch`` decoded frames of ``video``: frames/s."""
+    from streamer.media import open_media
+
+    with open_media(video) as reader:
+        frames = [f.image for _, f in zip(range(batch), reader, strict=False)]
+    frames = (frames * batch)[:batch]
+    runner.infer(frames)  # warm-up (allocations, autotuning)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        runner.infer(frames)
+    wall = time.perf_counter() - t0
+    return {"batch": batch, "fps": batch * repeats / wall}
 
 
 def postprocess(k: int, height: int, width: int, repeats: int = 20) -> dict[str, float]:
@@ -137,6 +169,7 @@ def postprocess_full_frame(k: int, height: int, width: int) -> dict[str, float]:
     from streamer.schema import encode_rle
 
     det = synthetic_detections(k, height, width, seed=k)
+    _reset_peak_rss()
     rss0 = _peak_rss_mb()
     t0 = time.thread_time()
     encode_rle(paste_masks(det.mask_probs, det.boxes, height, width, 0.5))
@@ -159,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
         if args.real:
             from engines.loading import load_runner
 
-            runner: Any = load_runner(args.model, device=args.device)
+            runner: Any = load_runner(args.model, device=args.device, paste_threshold=0.5)
+            report["model_only"] = model_only(video, runner, args.batch)
         else:
             runner = ReplayRunner(args.instances)
         report["runner"] = runner.info.name
@@ -183,6 +217,10 @@ def _print(r: dict[str, Any]) -> None:
           f"{d['process_cpu_ms_per_frame']:.1f} ms/frame)")
     print(f"pipeline    : {p['fps']:7.1f} frames/s  ({p['frames']} frames published, exit {p['exit']}, process CPU "
           f"{p['process_cpu_ms_per_frame']:.1f} ms/frame) = {r['pipeline_vs_decode']:.2f} x decode only")
+    if "model_only" in r:
+        m = r["model_only"]
+        print(f"model only  : {m['fps']:7.1f} frames/s at batch {m['batch']}; pipeline = "
+              f"{p['fps'] / m['fps']:.2f} x model only")
     print("  stage thread CPU ms/frame: " + ", ".join(f"{s} {ms:.2f}" for s, ms in p["stage_cpu_ms_per_frame"].items()))
     print(f"  peak RSS {p['peak_rss_mb']:.0f} MB")
     for new, old in zip(r["postprocess"], r["postprocess_full_frame_reference"], strict=True):
