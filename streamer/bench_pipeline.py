@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--real", action="store_true", help="run the model (--model, --device) instead of the replay")
     p.add_argument("--model", default=None, help="with --real: model file (default: the demo model)")
     p.add_argument("--device", default="cpu", help="with --real: cpu, cuda, cuda:N")
+    p.add_argument("--paste-device", default=None, metavar="DEVICE",
+                   help="replay runner: paste masks on this device (e.g. cuda), as a CUDA runner does")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     p.set_defaults(func=run)
 
@@ -195,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
             runner: Any = load_runner(args.model, device=args.device, paste_threshold=0.5)
             report["model_only"] = model_only(video, runner, args.batch)
         else:
-            runner = ReplayRunner(args.instances)
+            runner = ReplayRunner(args.instances, paste_device=args.paste_device)
         report["runner"] = runner.info.name
         log.info("pipeline: %d streams, runner %s", args.streams, runner.info.name)
         report["pipeline"] = pipeline(video, args.streams, runner, args.batch, args.workers, Path(tmp) / "out.jsonl")

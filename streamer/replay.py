@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -43,12 +44,20 @@ def synthetic_detections(k: int, height: int, width: int, seed: int = 0) -> Dete
 
 
 class ReplayRunner(Runner):
-    """A runner that answers every frame with the same ``k`` synthetic detections for its size."""
+    """A runner that answers every frame with the same ``k`` synthetic detections for its size.
 
-    def __init__(self, k: int = 20, seed: int = 0) -> None:
+    ``paste_device`` (e.g. ``"cuda"``): paste the masks there, as a CUDA runner does, from
+    probabilities and boxes kept on that device (``Detections.pasted`` at ``paste_threshold``).
+    """
+
+    def __init__(self, k: int = 20, seed: int = 0, paste_device: str | None = None,
+                 paste_threshold: float = 0.5) -> None:
         self.k, self.seed = k, seed
-        self.info = ModelInfo(name=f"replay-{k}", backend="replay", device="cpu", class_names=REPLAY_CLASSES)
+        self.paste_device, self.paste_threshold = paste_device, paste_threshold
+        self.info = ModelInfo(name=f"replay-{k}", backend="replay", device=paste_device or "cpu",
+                              class_names=REPLAY_CLASSES)
         self._by_size: dict[tuple[int, int], Detections] = {}
+        self._on_device: dict[tuple[int, int], tuple[Any, Any]] = {}
 
     def infer(self, frames: Sequence[npt.NDArray[np.uint8]]) -> list[Detections]:
         out = []
@@ -57,7 +66,18 @@ class ReplayRunner(Runner):
             if size not in self._by_size:
                 self._by_size[size] = synthetic_detections(self.k, *size, seed=self.seed)
             d = self._by_size[size]
-            out.append(Detections(d.boxes, d.scores, d.labels, d.mask_probs, d.image_size))
+            det = Detections(d.boxes, d.scores, d.labels, d.mask_probs, d.image_size)
+            if self.paste_device is not None:
+                import torch
+
+                from engines.masks import paste_boxes
+
+                if size not in self._on_device:
+                    self._on_device[size] = (torch.from_numpy(d.mask_probs).to(self.paste_device),
+                                             torch.from_numpy(d.boxes).to(self.paste_device))
+                probs, boxes = self._on_device[size]
+                det.pasted = (self.paste_threshold, paste_boxes(probs, boxes, *size, self.paste_threshold))
+            out.append(det)
         return out
 
 
