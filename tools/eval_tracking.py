@@ -42,11 +42,13 @@ from streamer.demo.video import generate_video
 from streamer.frames import Frame
 from streamer.messages import FrameResult, MessageSpec, frame_result
 from streamer.process_cli import ProcessOptions
-from streamer.tracking import Tracker
+from streamer.tracking import Tracker, TrackOutput, box_iou
 from streamer.tracking_config import TrackingConfig
 from streamer.tracking_eval import FrameTruth, accumulate, ground_truth, render, summarize
 from streamer.tracking_pipeline import track_result
 
+FPS = 25.0
+"""Frame rate of the generated videos (streamer.demo.video.generate_video's default)."""
 TRACKING_SEED_BASE = 7_000_000
 """Seeds of the tracking videos, unseen: training (1e7+, 2e7+, 3e7..4e7), fine-tuning (5e6..6e6),
 the detection evaluations (1e6+, 3e6+) and the sample (424242) use other seeds."""
@@ -87,9 +89,36 @@ def infer_video(runner: Any, seed: int, seconds: float, tmp: Path, cache: Path |
     return run
 
 
-def track_video(run: VideoRun, keep: npt.NDArray[np.bool_], cfg: TrackingConfig) -> Any:
+class SupervisionByteTrack:
+    """``supervision``'s ByteTrack behind :meth:`streamer.tracking.Tracker.update` (for comparison).
+
+    Frame-count based (``lost_track_buffer`` frames at ``frame_rate``), boxes only; its output
+    rows are mapped back to the input detections by box IoU >= 0.99.
+    """
+
+    def __init__(self, fps: float) -> None:
+        import supervision as sv
+
+        self.sv = sv
+        self.tracker = sv.ByteTrack(frame_rate=round(fps))
+
+    def update(self, t: float | None, index: int, boxes: Any, scores: Any, labels: Any,
+               masks: Any = None) -> TrackOutput:
+        det = self.sv.Detections(xyxy=np.asarray(boxes, np.float32).reshape(-1, 4),
+                                 confidence=np.asarray(scores, np.float32), class_id=np.asarray(labels))
+        out = self.tracker.update_with_detections(det)
+        ids = np.full(len(det), -1, dtype=np.int64)
+        if len(out) and len(det):
+            iou = box_iou(out.xyxy.astype(np.float64), det.xyxy.astype(np.float64))
+            for row, col in enumerate(iou.argmax(axis=1).tolist()):
+                if iou[row, col] >= 0.99:
+                    ids[col] = int(out.tracker_id[row])
+        return TrackOutput(ids, 0, 0)
+
+
+def track_video(run: VideoRun, keep: npt.NDArray[np.bool_], cfg: TrackingConfig, which: str = "ours") -> Any:
     """Track the kept frames of ``run`` with a fresh tracker; the motmetrics accumulator."""
-    tracker = Tracker(cfg, f"seed {run.seed}")
+    tracker: Any = Tracker(cfg, f"seed {run.seed}") if which == "ours" else SupervisionByteTrack(FPS)
     published = []
     for frame, base, k in zip(run.frames, run.results, keep.tolist(), strict=True):
         if k:
@@ -100,7 +129,8 @@ def track_video(run: VideoRun, keep: npt.NDArray[np.bool_], cfg: TrackingConfig)
     return accumulate(run.gt, published)
 
 
-def evaluate(runs: list[VideoRun], cfg: TrackingConfig, drop: float, drop_seed: int = 0) -> dict[str, Any]:
+def evaluate(runs: list[VideoRun], cfg: TrackingConfig, drop: float, drop_seed: int = 0,
+             which: str = "ours") -> dict[str, Any]:
     """motmetrics summaries of the ``all`` and ``drop`` runs over ``runs``, per video and overall."""
     out: dict[str, Any] = {}
     for mode in ("all", "drop"):
@@ -111,7 +141,7 @@ def evaluate(runs: list[VideoRun], cfg: TrackingConfig, drop: float, drop_seed: 
             if mode == "drop":
                 rng = np.random.default_rng(drop_seed + run.seed)
                 keep[rng.choice(n, size=round(n * drop), replace=False)] = False
-            accs.append(track_video(run, keep, cfg))
+            accs.append(track_video(run, keep, cfg, which))
         out[mode] = summarize(accs, [f"seed {run.seed}" for run in runs])
     return out
 
@@ -125,6 +155,8 @@ def main() -> None:
     p.add_argument("--drop", type=float, default=1 / 3, help="fraction of frames dropped (default 1/3)")
     p.add_argument("--cache", type=Path, default=None, help="keep/reuse the inferred detections here")
     p.add_argument("--config", type=str, default="{}", help="TrackingConfig overrides as JSON")
+    p.add_argument("--tracker", choices=("ours", "supervision"), default="ours",
+                   help="ours (streamer.tracking) or supervision's ByteTrack (pip install supervision)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args()
     cfg = TrackingConfig.model_validate(json.loads(args.config))
@@ -143,7 +175,7 @@ def main() -> None:
             print(f"seed {seed}: {len(runs[-1].frames)} frames inferred [{time.time() - t0:.0f} s]",
                   file=sys.stderr, flush=True)
     t1 = time.time()
-    summaries = evaluate(runs, cfg, args.drop)
+    summaries = evaluate(runs, cfg, args.drop, which=args.tracker)
     n_frames = sum(len(r.frames) for r in runs)
     print(f"tracking: {time.time() - t1:.2f} s for both runs ({n_frames} + ~{round(n_frames * (1 - args.drop))} frames)")
     figures = {}
