@@ -5,6 +5,7 @@ Runs ``streamer process`` with the demo model over the shipped sample video, wri
 against the video's ground truth with COCOeval (the numbers a user can check their install by).
 The JSONL keeps every instance scoring >= 0.05 (COCOeval ranks by score, so AP needs the low
 ones); the annotated video draws those scoring >= 0.5, as ``streamer process`` would by default.
+Instances carry track ids (``streamer process``'s tracking); the annotated video shows them.
 """
 
 from __future__ import annotations
@@ -58,5 +59,8 @@ def run(args: argparse.Namespace) -> int:
         st = evaluate(gt, results, iou_type)
         print(f"{iou_type}: AP {st['AP']:.3f}  AP50 {st['AP50']:.3f}  AP75 {st['AP75']:.3f} "
               f"(COCOeval against the sample video's ground truth, {len(messages)} frames)")
+    tracks = {inst["track_id"] for m in messages for inst in m["instances"] if inst.get("track_id") is not None}
+    print(f"tracking: {len(tracks)} track ids over {len(messages)} frames (the sample has "
+          f"{len({a['track_id'] for a in gt['annotations']})} objects)")
     print(f"results: {jsonl}\nannotated video: {video}", file=sys.stderr)
     return 0
