@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from pycocotools import mask as mask_utils
 
-from engines.masks import BoxMask
-from engines.runner import Detections
 from streamer.polygons import mask_to_polygons
+
+if TYPE_CHECKING:  # types only: the schema (and `streamer config check`) must not import torch
+    from engines.masks import BoxMask
+    from engines.runner import Detections
 
 SCHEMA_ID = "maskrcnn-streamer/frame/1"
 MaskEncoding = Literal["rle", "polygon", "none"]
