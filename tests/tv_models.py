@@ -27,8 +27,11 @@ def tv_input(frame: torch.Tensor) -> torch.Tensor:
     return frame.permute(2, 0, 1).to(torch.float32) / 255
 
 
-def build(kind: str, min_size: int = 800, max_size: int = 1333, seed: int = 0) -> MaskRCNN:
-    """A calibrated random-weight torchvision model: ``v1``, ``v2``, ``r18`` (resnet_fpn_backbone), ``tiny``."""
+def build(kind: str, min_size: int = 800, max_size: int = 1333, seed: int = 0, photos: int = 3) -> MaskRCNN:
+    """A calibrated random-weight torchvision model: ``v1``, ``v2``, ``r18`` (resnet_fpn_backbone), ``tiny``.
+
+    Calibrated on the first ``photos`` of :func:`calibrate.real_images` (fewer = faster at 800/1333).
+    """
     torch.manual_seed(seed)
     kw = dict(min_size=min_size, max_size=max_size)
     if kind == "v1":
@@ -47,20 +50,20 @@ def build(kind: str, min_size: int = 800, max_size: int = 1333, seed: int = 0) -
                      mask_head=MaskRCNNHeads(64, (64, 64), 1), mask_predictor=MaskRCNNPredictor(64, 64, 5), **kw)
     else:
         raise ValueError(kind)
-    imgs = [tv_input(i) for i in real_images()]
+    imgs = [tv_input(i) for i in real_images()[:photos]]
     if min_size < 800:
         imgs = [nn.functional.interpolate(i[None], scale_factor=min_size / 512, mode="bilinear")[0] for i in imgs]
     return calibrate(m.eval(), imgs, seed=seed)
 
 
 @functools.cache
-def _built(kind: str, min_size: int, max_size: int, seed: int) -> MaskRCNN:
-    return build(kind, min_size, max_size, seed)
+def _built(kind: str, min_size: int, max_size: int, seed: int, photos: int) -> MaskRCNN:
+    return build(kind, min_size, max_size, seed, photos)
 
 
-def build_shared(kind: str, min_size: int = 800, max_size: int = 1333, seed: int = 0) -> MaskRCNN:
+def build_shared(kind: str, min_size: int = 800, max_size: int = 1333, seed: int = 0, photos: int = 3) -> MaskRCNN:
     """:func:`build`, calibrated once per test session (a deep copy each call: callers may edit it)."""
-    return copy.deepcopy(_built(kind, min_size, max_size, seed))
+    return copy.deepcopy(_built(kind, min_size, max_size, seed, photos))
 
 
 class PastedDetections(Detections):

@@ -6,8 +6,9 @@ count against it, measured in the same run; ours (default settings) must agree w
 reference on >= floor - 0.02 of its instances, by the matching rule of
 :class:`engines.parity.Tolerances` (same label, box IoU >= 0.99, |Δbox| <= 0.5 px, |Δscore|
 <= 1e-3, mask IoU >= 0.97), for v1, v2 and R18-FPN at torchvision's default size (800/1333,
-two photos: the time budget) and the small size (480/800, three photos). Weights are
-calibrated at the size they run at (scores spread over (0, 1), every instance >= 0.05).
+one photo, 100 instances: the suite's time budget) and the small size (480/800, three photos).
+Weights are calibrated at the size they run at, on the photos compared (scores spread over
+(0, 1), every instance >= 0.05). Full figures (four photos): ``tests/measure_parity.py``.
 Also: batched equals single-frame; the static-shape (export) mode equals the dynamic mode.
 """
 
@@ -29,7 +30,8 @@ from engines.torch_runner import TorchRunner
 pytestmark = pytest.mark.timeout(900)  # fixtures calibrate R50 models: slow on a loaded 2-core machine
 
 SIZES = {"small": (480, 800), "default": (800, 1333)}
-PHOTOS = {"small": 3, "default": 2}
+PHOTOS = {"small": 3, "default": 1}
+"""Photos per size, for calibration and comparison (800/1333 is slow on 2 CPU cores)."""
 FLOOR_MARGIN = 0.02
 
 
@@ -57,7 +59,7 @@ def _threads() -> tuple[int, int]:
 def case(request: pytest.FixtureRequest) -> Case:
     kind, size = request.param
     lo, hi = SIZES[size]
-    tv = build_shared(kind, min_size=lo, max_size=hi)
+    tv = build_shared(kind, min_size=lo, max_size=hi, photos=PHOTOS[size])
     frames = [f.numpy() for f in real_images()][:PHOTOS[size]]
     ours = model_from_state_dict(tv.state_dict(), min_size=lo, max_size=hi)
     runner = TorchRunner(ours, [str(i) for i in range(ours.cfg.num_classes)], kind)
@@ -77,7 +79,7 @@ def test_default_path_at_the_noise_floor(case: Case, capsys: pytest.CaptureFixtu
     with capsys.disabled():
         print(f"\nparity {case.kind} {case.size} {SIZES[case.size]}: floor (torchvision, other thread count) "
               f"{case.floor.agreed_fraction:.4f}; ours {stats.summary()}")
-    assert stats.reference >= 20 * len(case.frames), "calibration should give torchvision real detections"
+    assert stats.reference >= 50 * len(case.frames), "calibration should give torchvision real detections"
     assert min(len(d) for d in ours) > 0
     scores = np.concatenate([d.scores for d in ours])
     assert scores.min() >= 0.05 and scores.max() < 1.0 and np.ptp(scores) > 0.3, "scores spread over (0, 1)"
