@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -23,10 +24,11 @@ from streamer.demo import sample_video_path
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
+    ap.add_argument("--input", default=None, help="video (default: the sample video)")
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
-    frames = read_frames(sample_video_path(), a.frames)
+    frames = read_frames(Path(a.input) if a.input else sample_video_path(), a.frames)
     runners = {fold: TorchRunner(load_model(a.model).model, [], "m", fuse=fold) for fold in (False, True)}
     for r in runners.values():
         r.infer(frames[:1])  # warm-up
