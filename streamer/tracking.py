@@ -55,6 +55,9 @@ DEFAULT_FRAME_INTERVAL_S = 0.04
 CANDIDATE_IOU = 0.05
 """Box IoU above which a track and a detection are candidates of each other (mask IoU needed
 where a row or column of the matrix has two or more)."""
+MAX_MASK_PAIRS = 256
+"""At most this many ambiguous pairs per frame get a mask IoU (those of highest box IoU; the
+rest keep their box IoU): bounds the cost on crowded frames (100 overlapping instances)."""
 CLASS_CHANGE_FACTOR = 0.8
 """Similarity multiplier when a detection's class differs from its track's."""
 
@@ -265,7 +268,11 @@ class Tracker:
         ambiguous = cand & ((cand.sum(1, keepdims=True) > 1) | (cand.sum(0, keepdims=True) > 1))
         if ambiguous.any():
             centres = (pred[:, :2] + pred[:, 2:]) / 2
-            for r, c in zip(*np.nonzero(ambiguous), strict=True):
+            rows, cols = np.nonzero(ambiguous)
+            if len(rows) > MAX_MASK_PAIRS:
+                top = np.argsort(-sim[rows, cols], kind="stable")[:MAX_MASK_PAIRS]
+                rows, cols = rows[top], cols[top]
+            for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
                 tm, dm = self.masks[r], masks[c]
                 if tm is None or dm is None:
                     continue
