@@ -104,6 +104,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--no-track", action="store_true",
                    help="no tracking: instances carry no track_id (default: each video input is "
                         "tracked, [tracking] defaults)")
+    # deferred: ray_process imports this module (and imports Ray itself only with --ray)
+    from streamer import ray_process
+
+    ray_process.add_arguments(p)
     p.set_defaults(func=run, parser=p)
 
 
@@ -122,6 +126,12 @@ def run(args: argparse.Namespace) -> int:
                              mask_encoding=args.mask_encoding, annotate=args.annotate,
                              annotate_threshold=args.annotate_threshold,
                              tracking=None if args.no_track else TrackingConfig())
+    from streamer import ray_process
+
+    if args.ray is not None:
+        return ray_process.run_ray(args, options)
+    if (misuse := ray_process.ray_only_misuse(args)) is not None:
+        parser.error(misuse)
     with contextlib.ExitStack() as stack:
         try:
             out = stack.enter_context(_open_output(args.out))

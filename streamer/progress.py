@@ -51,6 +51,12 @@ class Progress(ABC):
     def close(self) -> None:
         """Finish the display (final bar state or summary line)."""
 
+    def set_postfix(self, text: str) -> None:
+        """Show ``text`` after the counts from now on (e.g. ``"workers 2/2"``)."""
+        self.postfix = text
+
+    postfix: str = ""
+
     def __enter__(self) -> Self:
         return self
 
@@ -75,6 +81,10 @@ class BarProgress(Progress):
 
     def update(self, n: int = 1) -> None:
         self._bar.update(n)
+
+    def set_postfix(self, text: str) -> None:
+        super().set_postfix(text)
+        self._bar.set_postfix_str(text, refresh=False)
 
     def close(self) -> None:
         self._bar.close()
@@ -108,8 +118,8 @@ class LogProgress(Progress):
         if now >= self._next_line:
             self._next_line = now + self._interval
             count = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
-            self._log.info("%s: %s %s, %.1f %ss/s", self.desc, count, self._units(self.done),
-                           self._rate(now), self.unit)
+            self._log.info("%s: %s %s, %.1f %ss/s%s", self.desc, count, self._units(self.done),
+                           self._rate(now), self.unit, f", {self.postfix}" if self.postfix else "")
 
     def close(self) -> None:
         if self._closed:
