@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from pydantic import (
 )
 
 from streamer.redact import REDACTED, is_secret_key, redact_secrets
-from streamer.sinks.config import JsonlSinkConfig, SinkConfig, parse_sink_spec
+from streamer.sinks.config import JsonlSinkConfig, MqttSinkConfig, SinkConfig, parse_sink_spec
 from streamer.tracking_config import TrackingConfig
 
 SourceKind = Literal["file", "live"]
@@ -218,6 +219,32 @@ class StreamerConfig(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     systemd: SystemdConfig = Field(default_factory=SystemdConfig)
+    box: str = ""
+    """This box's name in a fleet (docs/operations.md, "A fleet of boxes"): the ``box`` key of every
+    frame message and ``{box}`` in MQTT ``topic``/``status_topic``. Empty: the host name."""
+
+    @field_validator("box")
+    @classmethod
+    def _box_name(cls, box: str) -> str:
+        if any(c in box for c in "/+#\0") or box != box.strip():
+            raise ValueError(f"a box name must not contain '/', '+', '#', NUL or edge spaces, got {box!r}")
+        return box
+
+    @property
+    def box_name(self) -> str:
+        """``box``, or this machine's host name (MQTT-safe) when it is empty."""
+        return self.box or (socket.gethostname() or "localhost").replace("/", "_").replace(
+            "+", "_").replace("#", "_")
+
+    @model_validator(mode="after")
+    def _fill_box(self) -> StreamerConfig:
+        """Replace ``{box}`` in MQTT topics by :attr:`box_name` (the sinks know no box)."""
+        box = self.box_name
+        sinks = [s.model_copy(update={"topic": s.topic.replace("{box}", box),
+                                      "status_topic": s.status_topic.replace("{box}", box)})
+                 if isinstance(s, MqttSinkConfig) else s for s in self.sinks]
+        object.__setattr__(self, "sinks", sinks)  # frozen model: set once, during validation
+        return self
 
     @field_validator("sources")
     @classmethod

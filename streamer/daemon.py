@@ -168,7 +168,7 @@ class Daemon:
         self.metrics.set_info(streamer.__version__, info.backend, info.device, info.name)
         self._worker = InferenceWorker(runner, self.metrics)
         spec = MessageSpec(info.class_names, frozenset(s.encoding for s in self.sinks),
-                           inf.score_threshold, inf.mask_threshold)
+                           inf.score_threshold, inf.mask_threshold, box=self.cfg.box_name)
         if self.cfg.tracking.enabled:
             from streamer.tracking_pipeline import StreamTrackers
 

@@ -48,6 +48,8 @@ class MessageSpec:
     """Mask pixels with probability ``> mask_threshold`` are set."""
     live: bool = True
     """Add ``stream`` and ``capture_time`` to each message (the daemon's messages)."""
+    box: str | None = None
+    """Live messages also get ``"box": box`` (the daemon's fleet identity, ``StreamerConfig.box_name``)."""
 
 
 @dataclass
@@ -106,7 +108,11 @@ def frame_result(frame: Frame, det: Detections, spec: MessageSpec, need_masks: b
     masks = None
     if need_masks or spec.encodings - {"none"}:
         masks = kept.box_masks(spec.mask_threshold)
-    extra = {"stream": frame.stream, "capture_time": round(frame.capture_time, 6)} if spec.live else None
+    extra: dict[str, Any] | None = None
+    if spec.live:
+        extra = {"stream": frame.stream, "capture_time": round(frame.capture_time, 6)}
+        if spec.box is not None:
+            extra["box"] = spec.box
     messages = {
         enc: frame_message(frame.source, frame.index, frame.pts, kept, None if enc == "none" else masks,
                            spec.class_names, enc, extra)

@@ -44,6 +44,8 @@ RESUBMITS = 2
 """Extra submissions of a segment whose worker died more often than Ray retries it."""
 MAX_TASK_RETRIES = 3
 """Ray's retries of a segment on a restarted worker (``max_task_retries``)."""
+WORKER_START_S = 120.0
+"""Seconds the workers get to start and load the model."""
 ALIVE_WINDOW_S = 3.0
 """A worker that answered a ping within this many seconds counts as alive."""
 EXTRA = "pip install 'maskrcnn-streamer[ray]'"
@@ -113,6 +115,10 @@ def run_ray(args: argparse.Namespace, options: ProcessOptions) -> int:
                 logger.info("%s: output exists, skipped (--resume)", p)
         job = _Job(ray, actors, options, sink, args.segment_frames)
         failures = job.run(todo)
+    except RuntimeError as err:
+        sink.abort()
+        print(f"error: --ray {args.ray}: {err}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         sink.abort()
         print("error: interrupted; completed inputs are kept (--out DIR/ --resume skips them)",
@@ -172,6 +178,35 @@ class _Task:
     seg: Segment
     generation: int
     attempts: int = 0
+    submitted: float = 0.0
+
+
+@dataclass
+class _Stats:
+    """Where the time of the segments went (the ``ray: ...`` summary line; tools/bench_ray.py)."""
+
+    segments: int = 0
+    round_trip_s: float = 0.0
+    """Sum over segments of submit → result on the driver."""
+    worker_s: float = 0.0
+    """Sum of the workers' own time on the segments."""
+    first_result: float | None = None
+    """Monotonic time of the first result (startup: connect, workers, model load, first segment)."""
+
+    def add(self, round_trip: float, worker: float, started: float) -> None:
+        self.segments += 1
+        self.round_trip_s += round_trip
+        self.worker_s += worker
+        if self.first_result is None:
+            self.first_result = time.monotonic() - started - round_trip
+
+    def summary(self, wall: float) -> str:
+        n = max(1, self.segments)
+        overhead_ms = 1000 * max(0.0, self.round_trip_s - self.worker_s) / n
+        startup = self.first_result if self.first_result is not None else wall
+        return (f"{self.segments} segments in {wall:.1f} s (driver), {self.worker_s / n:.2f} s per "
+                f"segment on the workers, overhead {overhead_ms:.0f} ms per segment, "
+                f"first segment submitted {startup:.1f} s after start")
 
 
 class _Job:
@@ -183,12 +218,15 @@ class _Job:
         self.segment_frames = segment_frames
         self.alive_at = [0.0] * len(actors)
         self.pings: dict[Any, int] = {}
+        self.started = time.monotonic()
+        self.stats = _Stats()
         self.progress: dict[int, tuple[tuple[str, int], int]] = {}
         """Per worker: ``((path, segment), frames done)`` from its last ping."""
 
     def run(self, paths: Sequence[str]) -> list[InputFailure]:
         """Process ``paths``; the inputs that failed (in input order)."""
         ray = self.ray
+        self._await_workers()
         items = [_Input(p) for p in paths]
         plans = [self.actors[i % len(self.actors)].plan.remote(it.path, os.path.abspath(it.path),
                                                                self.segment_frames)
@@ -211,6 +249,7 @@ class _Job:
                 while queue and idle:
                     a = idle.pop(0)
                     task = queue.pop(0)
+                    task.submitted = time.monotonic()
                     running[self.actors[a].run.remote(task.seg)] = (a, task)
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
                 for ref in ready:
@@ -228,7 +267,30 @@ class _Job:
                 bar.set_postfix(f"workers alive {alive}/{len(self.actors)}")
                 emitted = self._emit_ready(items, emitted)
         self._emit_ready(items, emitted, final=True)
+        logger.info("ray: %s", self.stats.summary(time.monotonic() - self.started))
         return [InputFailure(it.path, it.failure) for it in items if it.failure is not None]
+
+    def _await_workers(self) -> None:
+        """Wait until the workers have loaded the model; drop those that cannot start in time."""
+        pings = {a.ping.remote(): a for a in self.actors}
+        ready, pending = self.ray.wait(list(pings), num_returns=len(pings), timeout=WORKER_START_S)
+        up = []
+        for ref in ready:
+            try:
+                self.ray.get(ref)
+                up.append(pings[ref])
+            except Exception as err:  # the model failed to load there
+                raise RuntimeError(f"a worker failed to start: {_first_line(err)}") from err
+        if not up:
+            raise RuntimeError(f"no worker started within {WORKER_START_S:.0f} s; "
+                               "does the cluster have free CPUs/GPUs (`ray status`)?")
+        if pending:
+            logger.warning("%d of %d workers did not start within %.0f s (no free resources?); "
+                           "going on with %d", len(pending), len(pings), WORKER_START_S, len(up))
+            for ref in pending:
+                self.ray.kill(pings[ref])
+        self.actors = up
+        self.alive_at = [time.monotonic()] * len(up)
 
     def _finish(self, ref: Any, task: _Task, queue: list[_Task]) -> int:
         """Take a finished segment's result; frames it contributes to the progress."""
@@ -244,6 +306,7 @@ class _Job:
             elif task.generation == it.generation:
                 it.failure = f"segment {task.seg.number} failed on the cluster: {_first_line(err)}"
             return 0
+        self.stats.add(time.monotonic() - task.submitted, out.elapsed_s, self.started)
         if task.generation != it.generation or it.failure is not None:
             return 0
         if (out.mismatch or out.error is not None) and not task.seg.whole:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+import time
 import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -54,6 +55,8 @@ class SegmentOutput:
     """The time segment decoded another frame count than planned: process the file whole."""
     worker_pid: int = 0
     """The worker process that produced it."""
+    elapsed_s: float = 0.0
+    """Seconds the worker spent on it (decode, inference, messages, pickling not included)."""
 
 
 class SegmentWorker:
@@ -91,6 +94,7 @@ class SegmentWorker:
         with self._lock:
             self._current, self._done = (seg.path, seg.number), 0
         _set_title(f"ray::SegmentWorker.run {seg.path}#{seg.number}", busy=True)
+        start = time.perf_counter()
         try:
             self._run(seg, out)
         except SegmentMismatch as err:
@@ -98,6 +102,7 @@ class SegmentWorker:
         except MediaError as err:
             out.error = err.reason
         finally:
+            out.elapsed_s = time.perf_counter() - start
             _set_title("ray::SegmentWorker", busy=False)
             with self._lock:
                 self._current = None

@@ -10,7 +10,7 @@ if [[ "${1:-}" == "--test" ]]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends mosquitto prometheus systemd python3-gi \
       gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-      gstreamer1.0-plugins-ugly >/dev/null
+      gstreamer1.0-plugins-ugly iproute2 util-linux >/dev/null
   fi
   python3 -m pip install -q -e '.[test]'
 else

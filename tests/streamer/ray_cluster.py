@@ -36,6 +36,31 @@ KILL_AFTER_S = 1.0
 """A worker is killed once it has been running a segment for this long (mid-segment)."""
 
 
+def keyframe_video(path: Path, seconds: float, gop: int, seed: int, width: int = 160,
+                   height: int = 96) -> Path:
+    """A demo scene (:func:`streamer.demo.video.generate_video`) re-encoded with a keyframe every
+    ``gop`` frames (B-frames kept)."""
+    import av
+
+    from streamer.demo.video import generate_video
+
+    src = path.with_suffix(".src.mp4")
+    generate_video(src, seed=seed, width=width, height=height, seconds=seconds)
+    with av.open(str(src)) as inp, av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "20", "g": str(gop), "keyint_min": str(gop),
+                          "sc_threshold": "0"}
+        for frame in inp.decode(video=0):
+            img = frame.to_ndarray(format="rgb24")
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    src.unlink()
+    return path
+
+
 def netns_available() -> str | None:
     """Why the namespace cannot be made here (a skip reason), or None."""
     if shutil.which("unshare") is None or shutil.which("ip") is None:

@@ -21,15 +21,12 @@ import io
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
-import av
 import pytest
 
-from streamer.demo.video import generate_video
 from streamer.process_cli import ProcessOptions, _load_runner, process_inputs
-from tests.streamer.ray_cluster import netns_available, run_in_namespace
+from tests.streamer.ray_cluster import keyframe_video, netns_available, run_in_namespace
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install '.[ray]', or tools/setup.sh --test)")
 if (_why := netns_available()) is not None:
@@ -37,25 +34,6 @@ if (_why := netns_available()) is not None:
 
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 """One torch thread per process: locally and on each worker (2 cores, shared)."""
-
-
-def keyframe_video(path: Path, seconds: float, gop: int, seed: int) -> Path:
-    """A demo scene re-encoded with a keyframe every ``gop`` frames (B-frames kept), 160×96."""
-    src = path.with_suffix(".src.mp4")
-    generate_video(src, seed=seed, width=160, height=96, seconds=seconds)
-    with av.open(str(src)) as inp, av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "20", "g": str(gop), "keyint_min": str(gop),
-                          "sc_threshold": "0"}
-        for frame in inp.decode(video=0):
-            img = frame.to_ndarray(format="rgb24")
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    src.unlink()
-    return path
 
 
 @pytest.fixture(scope="module")

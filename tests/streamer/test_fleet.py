@@ -1,0 +1,52 @@
+"""Fleet identity (docs/operations.md, "A fleet of boxes"): ``box`` in config, messages and MQTT topics."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+
+from engines.runner import Detections
+from streamer.config import ConfigError, validate_config
+from streamer.frames import Frame
+from streamer.messages import MessageSpec, frame_result
+from streamer.sinks.config import MqttSinkConfig
+
+MQTT = {"type": "mqtt", "host": "broker.example", "topic": "fleet/{box}/{stream}/frames",
+        "status_topic": "fleet/{box}/status"}
+
+
+def test_box_defaults_to_the_host_name() -> None:
+    cfg = validate_config({"sinks": [MQTT]})
+    host = socket.gethostname()
+    assert cfg.box == "" and cfg.box_name == host
+    sink = cfg.sinks[0]
+    assert isinstance(sink, MqttSinkConfig)
+    assert sink.topic == f"fleet/{host}/{{stream}}/frames"
+    assert sink.resolved_status_topic == f"fleet/{host}/status"
+
+
+def test_configured_box_fills_topics() -> None:
+    cfg = validate_config({"box": "edge-07", "sinks": [MQTT, {"type": "jsonl", "path": "-"}]})
+    sink = cfg.sinks[0]
+    assert isinstance(sink, MqttSinkConfig)
+    assert (sink.topic, sink.status_topic) == ("fleet/edge-07/{stream}/frames", "fleet/edge-07/status")
+    assert cfg.box_name == "edge-07"
+
+
+@pytest.mark.parametrize("bad", ["a/b", "a+b", "#", " edge"])
+def test_box_names_that_break_topics_are_refused(bad: str) -> None:
+    with pytest.raises(ConfigError, match="box"):
+        validate_config({"box": bad})
+
+
+def test_live_messages_carry_the_box() -> None:
+    frame = Frame("cam1", "rtsp://cam", 3, 0.12, 1700000000.0, 0.0, np.zeros((8, 8, 3), np.uint8))
+    det = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
+                     np.zeros((0, 28, 28), np.float32), (8, 8))
+    spec = MessageSpec(("__background__", "a"), frozenset({"rle"}), 0.5, box="edge-07")
+    msg = frame_result(frame, det, spec).messages["rle"]
+    assert (msg["stream"], msg["box"]) == ("cam1", "edge-07")
+    offline = MessageSpec(("__background__", "a"), frozenset({"rle"}), 0.5, live=False)
+    assert "box" not in frame_result(frame, det, offline).messages["rle"]
