@@ -79,7 +79,7 @@ def cluster_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         {"argv": [*streamer, "short.mp4", "--ray", "127.0.0.1:1", "--out", "x.jsonl"],
          "cwd": str(work), "env": ENV},
     ]}
-    report = run_in_namespace(steps, work, timeout_s=150)
+    report = run_in_namespace(steps, work, timeout_s=200)
     return {"work": work, "local": out.getvalue(), "errors": errors.getvalue(), "report": report}
 
 
