@@ -7,8 +7,8 @@ reference on >= floor - 0.02 of its instances, by the matching rule of
 :class:`engines.parity.Tolerances` (same label, box IoU >= 0.99, |Δbox| <= 0.5 px, |Δscore|
 <= 1e-3, mask IoU >= 0.97), for v1, v2 and R18-FPN at torchvision's default size (800/1333,
 one photo, 100 instances: the suite's time budget) and the small size (480/800, three photos).
-Weights are calibrated at the size they run at, on the photos compared (scores spread over
-(0, 1), every instance >= 0.05). Full figures (four photos): ``tests/measure_parity.py``.
+Weights are calibrated at the size they run at, on three photos (scores spread over (0, 1),
+every instance >= 0.05). Full figures (four photos): ``tests/measure_parity.py``.
 Also: batched equals single-frame; the static-shape (export) mode equals the dynamic mode.
 """
 
@@ -31,7 +31,8 @@ pytestmark = pytest.mark.timeout(900)  # fixtures calibrate R50 models: slow on 
 
 SIZES = {"small": (480, 800), "default": (800, 1333)}
 PHOTOS = {"small": 3, "default": 1}
-"""Photos per size, for calibration and comparison (800/1333 is slow on 2 CPU cores)."""
+"""Photos compared per size (800/1333 is slow on 2 CPU cores); calibration always uses three
+(calibrated on one photo, v2's 100 detections all score > 0.79 at 800/1333)."""
 FLOOR_MARGIN = 0.02
 
 
@@ -59,7 +60,7 @@ def _threads() -> tuple[int, int]:
 def case(request: pytest.FixtureRequest) -> Case:
     kind, size = request.param
     lo, hi = SIZES[size]
-    tv = build_shared(kind, min_size=lo, max_size=hi, photos=PHOTOS[size])
+    tv = build_shared(kind, min_size=lo, max_size=hi)  # calibrated on three photos: spread scores
     frames = [f.numpy() for f in real_images()][:PHOTOS[size]]
     ours = model_from_state_dict(tv.state_dict(), min_size=lo, max_size=hi)
     runner = TorchRunner(ours, [str(i) for i in range(ours.cfg.num_classes)], kind)
