@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -136,3 +138,31 @@ def emit_lines(sink: OutputSink, path: str, outputs: Sequence[SegmentOutput],
                 track_result(tracker, frame, result, pts)
                 lines.append(dumps(result.messages[options.mask_encoding]))
     sink.write(path, lines, ok)
+
+
+@dataclass
+class RunStats:
+    """Where the time of the segments went (the ``ray: ...`` summary line; tools/bench_ray.py)."""
+
+    segments: int = 0
+    round_trip_s: float = 0.0
+    """Sum over segments of submit → result on the driver."""
+    worker_s: float = 0.0
+    """Sum of the workers' own time on the segments."""
+    first_result: float | None = None
+    """Monotonic time of the first result (startup: connect, workers, model load, first segment)."""
+
+    def add(self, round_trip: float, worker: float, started: float) -> None:
+        self.segments += 1
+        self.round_trip_s += round_trip
+        self.worker_s += worker
+        if self.first_result is None:
+            self.first_result = time.monotonic() - started - round_trip
+
+    def summary(self, wall: float) -> str:
+        n = max(1, self.segments)
+        overhead_ms = 1000 * max(0.0, self.round_trip_s - self.worker_s) / n
+        startup = self.first_result if self.first_result is not None else wall
+        return (f"{self.segments} segments in {wall:.1f} s (driver), {self.worker_s / n:.2f} s per "
+                f"segment on the workers, overhead {overhead_ms:.0f} ms per segment, "
+                f"first segment submitted {startup:.1f} s after start")

@@ -32,7 +32,7 @@ from typing import Any
 
 from streamer.process_cli import InputFailure, ProcessOptions
 from streamer.progress import progress
-from streamer.ray_output import OutputSink, emit_lines
+from streamer.ray_output import OutputSink, RunStats, emit_lines
 from streamer.ray_worker import SegmentOutput, SegmentWorker, load_output
 from streamer.segments import InputPlan, Segment, whole_plan
 
@@ -44,6 +44,8 @@ RESUBMITS = 2
 """Extra submissions of a segment whose worker died more often than Ray retries it."""
 MAX_TASK_RETRIES = 3
 """Ray's retries of a segment on a restarted worker (``max_task_retries``)."""
+STALL_S = 30.0
+"""A worker silent (no ping answer) this long while running a segment loses the segment."""
 WORKER_START_S = 120.0
 """Seconds the workers get to start and load the model."""
 ALIVE_WINDOW_S = 3.0
@@ -102,6 +104,13 @@ def run_ray(args: argparse.Namespace, options: ProcessOptions) -> int:
         sink.abort()
         print(f"error: --ray {args.ray}: {err}", file=sys.stderr, flush=True)
         return 2
+    todo = [p for p in args.inputs if not sink.complete(p)]
+    for p in args.inputs:
+        if p not in todo:
+            logger.info("%s: output exists, skipped (--resume)", p)
+    if not todo:
+        ray.shutdown()
+        return 0
     try:
         actor_cls = ray.remote(SegmentWorker).options(
             num_cpus=0 if args.device.startswith("cuda") else 1,
@@ -109,15 +118,15 @@ def run_ray(args: argparse.Namespace, options: ProcessOptions) -> int:
             max_restarts=-1, max_task_retries=MAX_TASK_RETRIES, max_concurrency=2)
         device = "cuda" if args.device.startswith("cuda") else args.device  # Ray sets CUDA_VISIBLE_DEVICES
         actors = [actor_cls.remote(args.model, device, args.backend, options) for _ in range(workers)]
-        todo = [p for p in args.inputs if not sink.complete(p)]
-        for p in args.inputs:
-            if p not in todo:
-                logger.info("%s: output exists, skipped (--resume)", p)
         job = _Job(ray, actors, options, sink, args.segment_frames)
         failures = job.run(todo)
     except RuntimeError as err:
         sink.abort()
         print(f"error: --ray {args.ray}: {err}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as err:  # writing --out failed (disk full, ...)
+        sink.abort()
+        print(f"error: cannot write the output: {err}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         sink.abort()
@@ -181,34 +190,6 @@ class _Task:
     submitted: float = 0.0
 
 
-@dataclass
-class _Stats:
-    """Where the time of the segments went (the ``ray: ...`` summary line; tools/bench_ray.py)."""
-
-    segments: int = 0
-    round_trip_s: float = 0.0
-    """Sum over segments of submit → result on the driver."""
-    worker_s: float = 0.0
-    """Sum of the workers' own time on the segments."""
-    first_result: float | None = None
-    """Monotonic time of the first result (startup: connect, workers, model load, first segment)."""
-
-    def add(self, round_trip: float, worker: float, started: float) -> None:
-        self.segments += 1
-        self.round_trip_s += round_trip
-        self.worker_s += worker
-        if self.first_result is None:
-            self.first_result = time.monotonic() - started - round_trip
-
-    def summary(self, wall: float) -> str:
-        n = max(1, self.segments)
-        overhead_ms = 1000 * max(0.0, self.round_trip_s - self.worker_s) / n
-        startup = self.first_result if self.first_result is not None else wall
-        return (f"{self.segments} segments in {wall:.1f} s (driver), {self.worker_s / n:.2f} s per "
-                f"segment on the workers, overhead {overhead_ms:.0f} ms per segment, "
-                f"first segment submitted {startup:.1f} s after start")
-
-
 class _Job:
     """One run of the driver loop over the cluster's workers."""
 
@@ -219,7 +200,7 @@ class _Job:
         self.alive_at = [0.0] * len(actors)
         self.pings: dict[Any, int] = {}
         self.started = time.monotonic()
-        self.stats = _Stats()
+        self.stats = RunStats()
         self.progress: dict[int, tuple[tuple[str, int], int]] = {}
         """Per worker: ``((path, segment), frames done)`` from its last ping."""
 
@@ -242,6 +223,7 @@ class _Job:
         total = None if None in known else sum(k for k in known if k is not None)
         running: dict[Any, tuple[int, _Task]] = {}
         idle = list(range(len(self.actors)))
+        lost: set[int] = set()
         done_frames, shown = 0, 0
         emitted = 0
         with progress(f"ray: {len(items)} inputs", total) as bar:
@@ -251,13 +233,26 @@ class _Job:
                     task = queue.pop(0)
                     task.submitted = time.monotonic()
                     running[self.actors[a].run.remote(task.seg)] = (a, task)
-                ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+                if running:
+                    ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+                else:  # every worker lost: wait for one to come back (Ray restarts them)
+                    ready = []
+                    time.sleep(0.5)
+                    if time.monotonic() - max(self.alive_at) > WORKER_START_S:
+                        raise RuntimeError(f"no worker alive for {WORKER_START_S:.0f} s; "
+                                           "inputs not written yet were not processed")
                 for ref in ready:
                     a, task = running.pop(ref)
-                    idle.append(a)
                     self.progress.pop(a, None)
-                    done_frames += self._finish(ref, task, queue)
+                    frames, worker_ok = self._finish(ref, task, queue)
+                    done_frames += frames
+                    if worker_ok:
+                        idle.append(a)
+                    else:  # back once it answers a ping again
+                        lost.add(a)
+                        self.alive_at[a] = 0.0
                 alive = self._poll_workers()
+                self._reroute_stalled(running, queue, idle, lost)
                 now_done = done_frames + sum(
                     done for a, (key, done) in self.progress.items()
                     if any(b == a and (t.seg.path, t.seg.number) == key for b, t in running.values()))
@@ -292,8 +287,31 @@ class _Job:
         self.actors = up
         self.alive_at = [time.monotonic()] * len(up)
 
-    def _finish(self, ref: Any, task: _Task, queue: list[_Task]) -> int:
-        """Take a finished segment's result; frames it contributes to the progress."""
+    def _reroute_stalled(self, running: dict[Any, tuple[int, _Task]], queue: list[_Task],
+                         idle: list[int], lost: set[int]) -> None:
+        """Hand the segment of a worker silent for :data:`STALL_S` to another worker.
+
+        Ray restarts a dead worker, but one whose node died waits for free resources, possibly
+        forever; its segment is redone elsewhere and its late result, if any, is ignored (the
+        ref is forgotten). The worker is used again once it answers a ping.
+        """
+        now = time.monotonic()
+        for a in list(lost):
+            if now - self.alive_at[a] < ALIVE_WINDOW_S:
+                lost.discard(a)
+                idle.append(a)
+        for ref, (a, task) in list(running.items()):
+            if now - max(self.alive_at[a], task.submitted) > STALL_S:
+                logger.warning("%s segment %d: worker silent for %.0f s (node lost?); running it "
+                               "on another worker", task.item.path, task.seg.number, STALL_S)
+                del running[ref]
+                self.progress.pop(a, None)
+                lost.add(a)
+                queue.insert(0, task)
+
+    def _finish(self, ref: Any, task: _Task, queue: list[_Task]) -> tuple[int, bool]:
+        """Take a finished segment's result: the frames it adds to the progress, and False when
+        its worker died (more often than Ray retries it)."""
         it = task.item
         try:
             out = load_output(self.ray.get(ref))
@@ -303,12 +321,13 @@ class _Job:
                                task.seg.number, type(err).__name__)
                 task.attempts += 1
                 queue.insert(0, task)
-            elif task.generation == it.generation:
+                return 0, False
+            if task.generation == it.generation:
                 it.failure = f"segment {task.seg.number} failed on the cluster: {_first_line(err)}"
-            return 0
+            return 0, not _is_worker_death(err)
         self.stats.add(time.monotonic() - task.submitted, out.elapsed_s, self.started)
         if task.generation != it.generation or it.failure is not None:
-            return 0
+            return 0, True
         if (out.mismatch or out.error is not None) and not task.seg.whole:
             logger.warning("%s: %s; processing the file whole", it.path, out.error)
             it.generation += 1
@@ -316,9 +335,11 @@ class _Job:
             assert it.plan is not None
             it.plan = whole_plan(it.path, it.plan.expected_frames, task.seg.video, task.seg.file)
             queue.insert(0, _Task(it, it.plan.segments[0], it.generation))
-            return 0
+            return 0, True
+        if task.seg.number in it.outputs:  # a rerouted segment's first run came back after all
+            return 0, True
         it.outputs[task.seg.number] = out
-        return out.frames
+        return out.frames, True
 
     def _poll_workers(self) -> int:
         """Refresh liveness and in-segment progress from the workers' pings; workers alive."""
