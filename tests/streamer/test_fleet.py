@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +17,7 @@ from streamer.config import ConfigError, validate_config
 from streamer.frames import Frame
 from streamer.messages import MessageSpec, frame_result
 from streamer.sinks.config import MqttSinkConfig
+from tests.streamer.conftest_daemon import encode_video
 
 MQTT = {"type": "mqtt", "host": "broker.example", "topic": "fleet/{box}/{stream}/frames",
         "status_topic": "fleet/{box}/status"}
@@ -50,3 +56,20 @@ def test_live_messages_carry_the_box() -> None:
     assert (msg["stream"], msg["box"]) == ("cam1", "edge-07")
     offline = MessageSpec(("__background__", "a"), frozenset({"rle"}), 0.5, live=False)
     assert "box" not in frame_result(frame, det, offline).messages["rle"]
+
+
+def test_daemon_publishes_its_box(tmp_path: Path) -> None:
+    """``streamer run`` end to end: a 3-frame file, the demo model, a JSONL sink: every message
+    names the box."""
+    video = encode_video(tmp_path / "cam.mp4", frames=3)
+    out = tmp_path / "frames.jsonl"
+    cfg = tmp_path / "streamer.toml"
+    cfg.write_text(f'box = "edge-07"\n\n[[sources]]\nname = "cam1"\nurl = "{video}"\nrealtime = false\n\n'
+                   f'[[sinks]]\ntype = "jsonl"\npath = "{out}"\n\n[metrics]\nenabled = false\n')
+    proc = subprocess.run([sys.executable, "-m", "streamer.cli", "run", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    messages = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [m["frame"] for m in messages] == [0, 1, 2]
+    assert {(m["stream"], m["box"]) for m in messages} == {("cam1", "edge-07")}
