@@ -18,6 +18,7 @@ from streamer.frames import Frame
 from streamer.messages import MessageSpec, frame_result
 from streamer.sinks.config import MqttSinkConfig
 from tests.streamer.conftest_daemon import encode_video
+from tests.streamer.test_mqtt import MOSQUITTO, Broker, Subscriber
 
 MQTT = {"type": "mqtt", "host": "broker.example", "topic": "fleet/{box}/{stream}/frames",
         "status_topic": "fleet/{box}/status"}
@@ -73,3 +74,33 @@ def test_daemon_publishes_its_box(tmp_path: Path) -> None:
     messages = [json.loads(line) for line in out.read_text().splitlines()]
     assert [m["frame"] for m in messages] == [0, 1, 2]
     assert {(m["stream"], m["box"]) for m in messages} == {("cam1", "edge-07")}
+
+
+@pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="needs mosquitto (tools/setup.sh --test)")
+def test_box_topics_and_status_when_the_box_dies(tmp_path: Path) -> None:
+    """The fleet layout of docs/operations.md against a real broker: frames on
+    fleet/<box>/<stream>/frames, retained online on fleet/<box>/status, and the last will's
+    offline there once the box's daemon is killed."""
+    broker = Broker(tmp_path)
+    sub = Subscriber(broker.port, ["fleet/+/status", "fleet/+/+/frames"])
+    video = encode_video(tmp_path / "cam.mp4", frames=3)
+    cfg = tmp_path / "streamer.toml"
+    cfg.write_text(f'box = "edge-07"\n\n[[sources]]\nname = "cam1"\nurl = "{video}"\nloop = true\n\n'
+                   f'[[sinks]]\ntype = "mqtt"\nhost = "127.0.0.1"\nport = {broker.port}\n'
+                   'topic = "fleet/{box}/{stream}/frames"\nstatus_topic = "fleet/{box}/status"\n'
+                   'keepalive = 5\n\n[metrics]\nenabled = false\n')
+    proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "run", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert sub.next_on("fleet/edge-07/status", timeout=60)[1] == "online"
+        _, payload, _ = sub.next_on("fleet/edge-07/cam1/frames", timeout=60)
+        assert json.loads(payload)["box"] == "edge-07"
+        proc.kill()  # SIGKILL: no clean close, the broker publishes the last will
+        proc.wait(timeout=10)
+        assert sub.next_on("fleet/edge-07/status", timeout=15)[1] == "offline"
+    finally:
+        proc.kill()
+        proc.wait()
+        sub.close()
+        broker.stop()
