@@ -84,6 +84,8 @@ class SegmentWorker:
         try:
             return plan_segments(path, target_frames, file)
         except MediaError as err:
+            if err.reason in ("no such file", "permission denied"):
+                return f"{err.reason} {WHERE_INPUTS_ARE_READ.format(node=_node())}"
             return err.reason
         except OSError as err:
             return f"cannot read: {err.strerror or err}"
@@ -128,6 +130,20 @@ class SegmentWorker:
 BUSY_THREAD_NAME = "segment-run"
 """The name of the worker thread while it runs a segment (``/proc/PID/task/TID/comm``): unlike the
 process title, which Ray rewrites for every call (pings included), it stays for the whole segment."""
+
+
+WHERE_INPUTS_ARE_READ = ("on node {node} (with --ray the workers read the inputs: use a shared "
+                         "file system or the same path on every node)")
+
+
+def _node() -> str:
+    """This worker's node address, for error messages."""
+    try:
+        import ray
+
+        return str(ray.util.get_node_ip_address())
+    except Exception:  # outside Ray (tests) or no address
+        return "?"
 
 
 def _set_title(title: str, busy: bool) -> None:

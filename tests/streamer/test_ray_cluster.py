@@ -94,7 +94,10 @@ def test_killed_worker_output_equals_local_exactly_once(cluster_run: dict[str, A
     assert any("track_id\":1" in line for line in got.splitlines())
     local_errors = cluster_run["errors"].splitlines()
     ray_errors = [ln for ln in step["stderr"].splitlines() if ln.startswith("error: ")]
-    assert ray_errors == local_errors and len(local_errors) == 2
+    assert len(ray_errors) == len(local_errors) == 2
+    assert ray_errors[0] == ("error: missing.mp4: no such file on node 127.0.0.1 (with --ray the workers "
+                             "read the inputs: use a shared file system or the same path on every node)")
+    assert ray_errors[1] == local_errors[1]  # notes.mp4: not a readable video, as locally
 
 
 def test_resume_skips_complete_outputs(cluster_run: dict[str, Any]) -> None:
