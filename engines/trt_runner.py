@@ -222,6 +222,9 @@ class TrtRunner(Runner):
         ImportError: TensorRT missing. RuntimeError: no such CUDA device, or TensorRT refused the engine.
     """
 
+    paste_threshold: float | None = None
+    """Paste masks on the GPU at this threshold (None: the caller pastes on the host)."""
+
     def __init__(self, path: str | Path, device: str = "cuda", requirements: Requirements | None = None,
                  paste_threshold: float | None = None) -> None:
         self._lock = threading.Lock()
