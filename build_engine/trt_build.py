@@ -102,6 +102,15 @@ def network_flag_names(available: Collection[str]) -> tuple[str, ...]:
     return tuple(name for name in NETWORK_FLAGS if name in available)
 
 
+def create_network(trt: Any, builder: Any) -> Any:
+    """``builder.create_network`` with every :data:`NETWORK_FLAGS` member this TensorRT offers."""
+    flag_enum = trt.NetworkDefinitionCreationFlag
+    flags = 0
+    for name in network_flag_names(set(getattr(flag_enum, "__members__", {}))):
+        flags |= 1 << int(getattr(flag_enum, name))
+    return builder.create_network(flags)
+
+
 def hardware_level_name(level: HardwareCompatibility) -> str | None:
     """``trt.HardwareCompatibilityLevel`` member for a manifest level; None = leave TensorRT's default."""
     if level not in _HARDWARE_LEVELS:
@@ -231,11 +240,7 @@ def build_engine_file(opts: EngineBuildOptions, on_phase: Callable[[str, int, in
                         max_cuda=_cuda_limit(opts))  # must precede parsing: plugin nodes bind by name
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flag_enum = trt.NetworkDefinitionCreationFlag
-    flags = 0
-    for name in network_flag_names(set(getattr(flag_enum, "__members__", {}))):
-        flags |= 1 << int(getattr(flag_enum, name))
-    network = builder.create_network(flags)
+    network = create_network(trt, builder)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(opts.onnx_path)):
         errors = [_format_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]

@@ -148,7 +148,7 @@ def plugin_network_parity(hardware_compatibility: str, max_cuda: tuple[int, int]
     from onnx import TensorProto
 
     from build_engine.plugin import register_plugin
-    from build_engine.trt_build import hardware_level_name, network_flag_names
+    from build_engine.trt_build import create_network, hardware_level_name
 
     cc = torch.cuda.get_device_capability()
     target = register_plugin(cc, hardware_compatibility=hardware_compatibility, max_cuda=max_cuda)
@@ -160,11 +160,7 @@ def plugin_network_parity(hardware_compatibility: str, max_cuda: tuple[int, int]
     rows = []
     for dtype, onnx_dtype in ((torch.float32, TensorProto.FLOAT), (torch.float16, TensorProto.FLOAT16)):
         builder = trt.Builder(logger)
-        flag_enum = trt.NetworkDefinitionCreationFlag
-        flags = 0
-        for name in network_flag_names(set(getattr(flag_enum, "__members__", {}))):
-            flags |= 1 << int(getattr(flag_enum, name))
-        network = builder.create_network(flags)
+        network = create_network(trt, builder)
         parser = trt.OnnxParser(network, logger)
         if not parser.parse(_plugin_graph(onnx_dtype, shapes, int(rois.shape[0]))):
             errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
