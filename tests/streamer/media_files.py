@@ -5,19 +5,22 @@ fixtures that use them are in conftest.py.
 
 Video frames are crops of ``skimage.data.astronaut()`` panning right and down by a few pixels
 per frame, so every frame differs and decoded frames can be matched to their source index.
+scikit-image is imported on the first frame asked for: a test that needs no frame runs without it,
+and one that does is skipped, naming the package, where it is missing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import av
 import av.video.stream
 import numpy as np
 import numpy.typing as npt
-import skimage.data
+import pytest
 from PIL import Image
 
 from engines.runner import Detections, ModelInfo, Runner
@@ -26,13 +29,21 @@ WIDTH, HEIGHT, N_FRAMES, FPS = 96, 64, 8, 10
 LONG_FRAMES = 30
 """Frames of the clips that the truncation fixtures cut."""
 
-_PHOTO = skimage.data.astronaut()
+
+
+@cache
+def _photo() -> npt.NDArray[np.uint8]:
+    """scikit-image's astronaut photograph, ``uint8[512, 512, 3]``."""
+    data = pytest.importorskip("skimage.data", reason="scikit-image (a test dependency: pip install '.[test]') "
+                               "provides the photograph the fixture frames are cut from")
+    photo: npt.NDArray[np.uint8] = data.astronaut()
+    return photo
 
 
 def source_frame(index: int, width: int = WIDTH, height: int = HEIGHT) -> npt.NDArray[np.uint8]:
     """Frame ``index`` of every fixture video: a ``[height, width, 3]`` crop panning 6 px right, 4 px down per frame."""
     y, x = 100 + 4 * index, 150 + 6 * index
-    return np.ascontiguousarray(_PHOTO[y:y + height, x:x + width])
+    return np.ascontiguousarray(_photo()[y:y + height, x:x + width])
 
 
 def encode_video(path: Path, codec: str, n_frames: int = N_FRAMES, width: int = WIDTH,

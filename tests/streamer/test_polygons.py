@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import skimage.data
-import skimage.measure
 from pycocotools import mask as mask_utils
 
 from streamer.polygons import mask_to_polygons
+
+SKIMAGE = "scikit-image (a test dependency: pip install '.[test]') provides the real mask and the hole filling"
 
 
 def _rasterise(polygons: list[list[float]], h: int, w: int) -> np.ndarray:
@@ -20,7 +20,8 @@ def _rasterise(polygons: list[list[float]], h: int, w: int) -> np.ndarray:
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """``mask`` plus every background region (8-connected) that does not touch the border."""
-    background = skimage.measure.label(~mask, connectivity=2, background=0)
+    measure = pytest.importorskip("skimage.measure", reason=SKIMAGE)
+    background = measure.label(~mask, connectivity=2, background=0)
     border = set(np.unique(np.concatenate([background[0], background[-1], background[:, 0],
                                            background[:, -1]]))) - {0}
     holes = (background > 0) & ~np.isin(background, list(border))
@@ -59,7 +60,8 @@ def test_l_shape_keeps_only_turning_vertices() -> None:
 
 @pytest.mark.parametrize("threshold", [80, 110, 150])
 def test_pycocotools_rasterises_polygons_back_to_the_mask_with_holes_filled(threshold: int) -> None:
-    mask = skimage.data.coins()[::2, ::2] > threshold  # real, ragged, many components and holes
+    coins = pytest.importorskip("skimage.data", reason=SKIMAGE).coins()
+    mask = coins[::2, ::2] > threshold  # real, ragged, many components and holes
     polygons = mask_to_polygons(mask)
     assert len(polygons) > 5
     assert all(len(p) % 2 == 0 and len(p) >= 8 for p in polygons)

@@ -1,8 +1,8 @@
 """``streamer process``: frames in, JSON lines out, failures reported per input.
 
 The process layer is tested with ``FixedRunner`` (known detections, records batch sizes);
-the command end to end (``streamer.cli.main`` and a real subprocess) with the lead's
-``tiny_model_path`` model file, skipped while that fixture does not exist.
+the command end to end (``streamer.cli.main`` and a real subprocess) with the
+``tiny_model_path`` model file (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import struct
 import subprocess
 import sys
 import termios
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
@@ -33,14 +33,21 @@ from streamer.schema import decode_rle
 from tests.streamer.media_files import IMAGE_CASES, N_FRAMES, VIDEO_CASES, FixedRunner
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "frame-schema.json").read_text())
-VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+
+
+@cache
+def _validator() -> Any:
+    """A JSON Schema 2020-12 validator of docs/frame-schema.json (jsonschema imported here)."""
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (a test dependency: pip install "
+                                     "'.[test]') validates the messages against docs/frame-schema.json")
+    return jsonschema.Draft202012Validator(SCHEMA)
 
 
 def _messages(text: str) -> list[dict[str, Any]]:
     """Parse JSON lines, validating each against docs/frame-schema.json."""
     messages = [json.loads(line) for line in text.splitlines()]
     for m in messages:
-        VALIDATOR.validate(m)
+        _validator().validate(m)
     return messages
 
 
@@ -52,7 +59,7 @@ def _frames_by_source(messages: list[dict[str, Any]]) -> dict[str, list[int]]:
 
 
 def test_schema_document_is_valid_and_versioned() -> None:
-    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    _validator().check_schema(SCHEMA)
     assert SCHEMA["$id"].endswith("/frame/1")
     assert SCHEMA["properties"]["schema"]["const"] == "maskrcnn-streamer/frame/1"
 
@@ -207,11 +214,11 @@ def test_log_progress_summary_says_stopped_after_an_error(caplog: pytest.LogCapt
 # --- end to end with a real model file ---------------------------------------------------------
 
 
-def test_cli_writes_jsonl_and_annotations(model_path: Path, media_dir: Path, tmp_path: Path,
+def test_cli_writes_jsonl_and_annotations(tiny_model_path: Path, media_dir: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     inputs = [str(media_dir / "short.mp4"), str(media_dir / "photo.png")]
     out = tmp_path / "out.jsonl"
-    status = main(["process", *inputs, "--model", str(model_path), "--out", str(out),
+    status = main(["process", *inputs, "--model", str(tiny_model_path), "--out", str(out),
                    "--batch", "2", "--annotate", f"{tmp_path}/ann/"])
     assert status == 0
     messages = _messages(out.read_text())
@@ -227,10 +234,10 @@ def test_cli_writes_jsonl_and_annotations(model_path: Path, media_dir: Path, tmp
     assert f"{inputs[0]}: done, 3 frames" in err  # stderr is not a TTY: log lines
 
 
-def test_cli_stdout_and_exit_1_on_bad_inputs(model_path: Path, media_dir: Path,
+def test_cli_stdout_and_exit_1_on_bad_inputs(tiny_model_path: Path, media_dir: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     inputs = [str(media_dir / n) for n in ["notes.txt", "photo.jpg", "cut.mp4", "missing.gif"]]
-    assert main(["process", *inputs, "--model", str(model_path), "--mask-encoding", "polygon"]) == 1
+    assert main(["process", *inputs, "--model", str(tiny_model_path), "--mask-encoding", "polygon"]) == 1
     captured = capsys.readouterr()
     frames = _frames_by_source(_messages(captured.out))
     assert frames[inputs[1]] == [0]
@@ -242,7 +249,6 @@ def test_cli_stdout_and_exit_1_on_bad_inputs(model_path: Path, media_dir: Path,
 
 def test_unloadable_model_is_one_error_line_exit_1(media_dir: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("engines.loading", reason="needs engines.loading.load_runner (the lead's)")
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"this is not a model")
     assert main(["process", str(media_dir / "photo.png"), "--model", str(broken)]) == 1
@@ -254,11 +260,11 @@ def test_unloadable_model_is_one_error_line_exit_1(media_dir: Path, tmp_path: Pa
     assert "Traceback" not in captured.err
 
 
-def test_console_command_exit_statuses(model_path: Path, media_dir: Path) -> None:
+def test_console_command_exit_statuses(tiny_model_path: Path, media_dir: Path) -> None:
     """The command as a real process (``python -m streamer.cli``): 1 with a bad input, 2 for a usage error."""
     cmd = [sys.executable, "-m", "streamer.cli"]
     ran = subprocess.run([*cmd, "--log-level", "warning", "process", str(media_dir / "photo.png"),
-                          str(media_dir / "garbage.mp4"), "--model", str(model_path)],
+                          str(media_dir / "garbage.mp4"), "--model", str(tiny_model_path)],
                          capture_output=True, text=True, timeout=120)
     assert ran.returncode == 1, ran.stderr
     errors = [line for line in ran.stderr.splitlines() if line.startswith("error: ")]
