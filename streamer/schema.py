@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 from pycocotools import mask as mask_utils
 
+from streamer.encodings import MaskEncoding
 from streamer.polygons import mask_to_polygons
 
 if TYPE_CHECKING:  # types only: the schema (and `streamer config check`) must not import torch
@@ -27,7 +28,6 @@ if TYPE_CHECKING:  # types only: the schema (and `streamer config check`) must n
     from engines.runner import Detections
 
 SCHEMA_ID = "maskrcnn-streamer/frame/1"
-MaskEncoding = Literal["rle", "polygon", "none"]
 
 
 def rle_counts(bm: BoxMask, height: int, width: int) -> npt.NDArray[np.int64]:
