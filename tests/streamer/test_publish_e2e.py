@@ -18,7 +18,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import pytest
 import zmq
 
 from tests.streamer.conftest_daemon import (
@@ -29,12 +28,11 @@ from tests.streamer.conftest_daemon import (
     free_port,
     wait_for,
 )
-from tests.streamer.test_mqtt import MOSQUITTO, Broker, Subscriber
+from tests.streamer.mqtt_broker import Broker, Subscriber, needs_mosquitto
 
 FRAMES = 12
 
-pytestmark = pytest.mark.skipif(
-    not Path(MOSQUITTO).exists(), reason="needs the mosquitto broker (apt-get install mosquitto)")
+pytestmark = needs_mosquitto
 
 
 def _zmq_collect(endpoint: str, out: list[tuple[str, dict[str, Any]]], stop: threading.Event) -> None:
