@@ -24,7 +24,7 @@ box-local masks to the host, in one copy.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,11 +46,13 @@ class BoxMask:
     """Top row in frame pixels, ``0 <= y0 <= H``."""
     mask: npt.NDArray[np.bool_]
     """``bool[h, w]``, C-contiguous; ``h == 0`` or ``w == 0`` when the box lies outside the frame."""
+    area: int = field(default=-1, compare=False)
+    """Foreground pixels, counted once at construction: masks are made on the postprocess
+    workers, and the tracker on the event loop reads the count instead of recounting."""
 
-    @property
-    def area(self) -> int:
-        """Foreground pixels."""
-        return int(np.count_nonzero(self.mask))
+    def __post_init__(self) -> None:
+        if self.area < 0:
+            object.__setattr__(self, "area", int(np.count_nonzero(self.mask)))
 
     def to_full(self, height: int, width: int) -> npt.NDArray[np.bool_]:
         """The full-frame ``bool[height, width]`` mask (allocates ``H×W``: tests and references only)."""
