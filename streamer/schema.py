@@ -12,7 +12,6 @@ polygons, or omitted::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ import numpy.typing as npt
 from pycocotools import mask as mask_utils
 
 from streamer.encodings import MaskEncoding
+from streamer.frame_json import dumps as dumps  # the serializer of these messages, re-exported
 from streamer.polygons import mask_to_polygons
 
 if TYPE_CHECKING:  # types only: the schema (and `streamer config check`) must not import torch
@@ -153,8 +153,3 @@ def frame_message(
     if extra:
         msg.update(extra)
     return msg
-
-
-def dumps(msg: dict[str, Any]) -> str:
-    """Compact one-line JSON for a frame message."""
-    return json.dumps(msg, separators=(",", ":"))
