@@ -1,7 +1,7 @@
 """Parity with torchvision 0.29 on the same (calibrated random) weights and real photographs.
 
-Our default path must sit at torchvision's own noise floor (issue 10): the reference is
-torchvision on this session's torch thread count; the floor is torchvision on another thread
+Our default path must sit at torchvision's own noise floor: the reference is
+torchvision on this process's torch thread count; the floor is torchvision on another thread
 count against it, measured in the same run; ours (default settings) must agree with the
 reference on >= floor - 0.02 of its instances, by the matching rule of
 :class:`engines.parity.Tolerances` (same label, box IoU >= 0.99, |Δbox| <= 0.5 px, |Δscore|
@@ -47,13 +47,13 @@ class Case:
     runner: TorchRunner
     frames: list[np.ndarray]
     reference: list[Detections]
-    """torchvision on the session's thread count."""
+    """torchvision on this process's thread count."""
     floor: ParityStats
     """torchvision on another thread count, against ``reference``."""
 
 
 def _threads() -> tuple[int, int]:
-    """(reference, floor) thread counts: the session's, and 1 (2 on a one-thread session)."""
+    """(reference, floor) thread counts: this process's, and 1 (2 when this process runs one thread)."""
     n = torch.get_num_threads()
     return n, (1 if n > 1 else 2)
 
