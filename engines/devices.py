@@ -69,12 +69,16 @@ class Device:
         return self.kind if self.index is None else f"{self.kind}:{self.index}"
 
 
-def parse_device(text: str) -> Device:
+def parse_device(text: str | Device) -> Device:
     """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` → :class:`Device`; anything else → :class:`DeviceError`.
+
+    A :class:`Device` is returned as it is, so functions may take either form.
 
     Example: ``parse_device("cuda:1") == Device("cuda", 1)``; ``parse_device("gpu")`` raises
     ``DeviceError("device must be 'cpu', 'cuda' or 'cuda:N' (N >= 0), got 'gpu'")``.
     """
+    if isinstance(text, Device):
+        return text
     match = _FORM.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise DeviceError(f"{DEVICE_RULE}, got {text!r}")

@@ -1,147 +1,92 @@
 """Opening a model of any supported kind as a :class:`Runner`.
 
-=====================  ==========================================  ===============
-file                   what it is                                  backend
-=====================  ==========================================  ===============
-``None``               the embedded demo model (package data)      pytorch
-``*.safetensors``      our model file (``engines.modelfile``)      pytorch
-``*.pth/.pt/.ckpt``    a torchvision Mask R-CNN checkpoint          pytorch
-``*.onnx``             a portable graph from ``build-engine``       onnxruntime
-``*.engine/.plan``     a TensorRT engine from ``build-engine``      tensorrt
-=====================  ==========================================  ===============
+::
 
-``backend`` overrides the choice by file type.
+    runner = load_runner("model.onnx", device="cpu")     # backend chosen by file type
+    runner = load_runner(None, device="cuda:1")          # the embedded demo model, PyTorch
+
+The backend comes from ``backend`` or, when None, from the file's suffix
+(:func:`engines.backends.backend_for`); :data:`engines.backends.RUNTIMES` names the module
+that runs it, which is imported only then and opened with its ``open_runner``. Weights files
+for the PyTorch runtime are read by :mod:`engines.weights` (re-exported here).
 """
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
-from importlib import resources
+from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import torch
+from engines.backends import (
+    BACKENDS,
+    RUNTIMES,
+    Runtime,
+    UnknownBackendError,
+    backend_for,
+    check_backend,
+)
+from engines.devices import Device, DeviceError, parse_device
+from engines.runner import Runner, RunnerFactory
+from engines.weights import (
+    CHECKPOINT_SUFFIXES,
+    DEMO_MODEL,
+    LoadedModel,
+    ModelLoadError,
+    demo_model_path,
+    load_checkpoint,
+    load_model,
+)
 
-from engines.classes import default_class_names
-from engines.model.maskrcnn import MaskRCNN
-from engines.model.state_dict import StateDictError, model_from_state_dict
-from engines.modelfile import ModelFileError, load_model_file
-from engines.runner import Runner
-
-DEMO_MODEL = "demo_shapes.safetensors"
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
-BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
-
-
-class ModelLoadError(ValueError):
-    """The model could not be opened; the message names the file, the reason and what to do."""
-
-
-@dataclass
-class LoadedModel:
-    model: MaskRCNN
-    class_names: tuple[str, ...]
-    name: str
+__all__ = [
+    "BACKENDS",
+    "CHECKPOINT_SUFFIXES",
+    "DEMO_MODEL",
+    "LoadedModel",
+    "ModelLoadError",
+    "backend_for",
+    "demo_model_path",
+    "load_checkpoint",
+    "load_model",
+    "load_runner",
+    "runner_factory",
+]
 
 
-def demo_model_path() -> Path:
-    """Path of the embedded demo model (may not exist in a source tree without assets)."""
-    return Path(str(resources.files("engines").joinpath("assets", DEMO_MODEL)))
-
-
-def load_checkpoint(path: str | Path, **overrides: Any) -> LoadedModel:
-    """A torchvision checkpoint (state dict or training checkpoint) → model with default class names."""
-    path = Path(path)
-    torch.serialization.add_safe_globals([argparse.Namespace])
+def _runtime(backend: str) -> Runtime:
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for foreign files
-        raise ModelLoadError(f"{path}: {_checkpoint_refusal(e)}; expected a torchvision Mask R-CNN "
-                             "state dict (or a training checkpoint holding one under 'model') saved "
-                             "with torch.save, or a .safetensors model file") from e
-    try:
-        model = model_from_state_dict(obj, **overrides)
-    except StateDictError as e:
-        raise ModelLoadError(f"{path}: {e}") from e
-    return LoadedModel(model, default_class_names(model.cfg.num_classes), path.stem)
+        return RUNTIMES[check_backend(backend)]
+    except UnknownBackendError as e:
+        raise ModelLoadError(str(e)) from e
 
 
-def _checkpoint_refusal(err: Exception) -> str:
-    """One line saying why ``torch.load(weights_only=True)`` refused a file.
-
-    PyTorch's own message spans many lines and suggests ``weights_only=False`` (which would run
-    code from the file); only the name of the offending Python object is kept.
-    """
-    text = str(err)
-    for line in text.splitlines():
-        if "WeightsUnpickler error:" in line:
-            detail = line.split("WeightsUnpickler error:", 1)[1].split(" was not an allowed", 1)[0].strip()
-            return f"holds Python objects besides tensors, refused for safety ({detail})"
-    first = " ".join(text.split())[:120] or type(err).__name__
-    return f"not a PyTorch checkpoint ({type(err).__name__}: {first})"
+def runner_factory(backend: str) -> RunnerFactory:
+    """The ``open_runner`` of ``backend``'s runtime module (imported now), or :class:`ModelLoadError`."""
+    runtime = _runtime(backend)
+    factory = getattr(import_module(runtime.module), "open_runner", None)
+    if factory is None:
+        raise ModelLoadError(f"runtime module {runtime.module} of backend {backend!r} defines no open_runner")
+    return cast(RunnerFactory, factory)
 
 
-def load_model(path: str | Path | None, **overrides: Any) -> LoadedModel:
-    """Our model file or a torchvision checkpoint as a :class:`LoadedModel` (PyTorch)."""
-    if path is None:
-        path = demo_model_path()
-        if not path.exists():
-            raise ModelLoadError(f"the embedded demo model is missing ({path}); reinstall the package or pass --model")
-    path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file; pass --model with a .safetensors model file or a .pth checkpoint")
-    if path.suffix == ".safetensors":
-        if overrides:
-            raise ModelLoadError(f"{path}: overrides {sorted(overrides)} apply to checkpoints only; "
-                                 "a model file carries its own settings")
-        try:
-            mf = load_model_file(path)
-        except ModelFileError as e:
-            raise ModelLoadError(str(e)) from e
-        return LoadedModel(mf.model, mf.class_names, mf.name)
-    return load_checkpoint(path, **overrides)
-
-
-def backend_for(path: str | Path | None) -> str:
-    """The backend a file type implies."""
-    if path is None:
-        return "pytorch"
-    suffix = Path(path).suffix.lower()
-    if suffix == ".onnx":
-        return "onnxruntime"
-    if suffix in (".engine", ".plan", ".trt"):
-        return "tensorrt"
-    return "pytorch"
-
-
-def load_runner(path: str | Path | None, device: str = "cpu", backend: str | None = None,
+def load_runner(path: str | Path | None, device: str | Device = "cpu", backend: str | None = None,
                 paste_threshold: float | None = None, **overrides: Any) -> Runner:
     """Open ``path`` (None = demo model) on ``device`` with ``backend`` (default: by file type).
 
     ``paste_threshold``: on a CUDA device, the runner pastes each frame's masks on the GPU at
     this threshold and brings only the box-local masks to the host (``Detections.pasted``);
     on the CPU, pasting stays with the caller's postprocessing threads.
+
+    Raises:
+        ModelLoadError: an unknown backend or device, or the demo model asked of a runtime that
+            takes files only; each runtime raises its own errors about the file itself
+            (ValueError, OSError, RuntimeError, ImportError).
     """
-    gpu_paste = paste_threshold if device.startswith("cuda") else None
-    backend = backend or backend_for(path)
-    if backend not in BACKENDS:
-        raise ModelLoadError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "pytorch":
-        from engines.torch_runner import TorchRunner
-
-        lm = load_model(path, **overrides)
-        try:
-            return TorchRunner(lm.model, lm.class_names, lm.name, device=device, paste_threshold=gpu_paste)
-        except ValueError as e:
-            raise ModelLoadError(str(e)) from e
-    if path is None:
-        raise ModelLoadError(f"the {backend} backend needs a model file (.onnx or .engine from build-engine); "
+    name = backend or backend_for(path)
+    if path is None and not _runtime(name).opens_demo_model:
+        raise ModelLoadError(f"the {name} backend needs a model file (.onnx or .engine from build-engine); "
                              "the embedded demo model is a PyTorch model file")
-    if backend == "onnxruntime":
-        from engines.ort_runner import OrtRunner
-
-        return OrtRunner(path, device=device)
-    from engines.trt_runner import TrtRunner
-
-    return TrtRunner(path, device=device, paste_threshold=gpu_paste)
+    try:
+        dev = parse_device(device)
+    except DeviceError as e:
+        raise ModelLoadError(str(e)) from e
+    return runner_factory(name)(path, dev, paste_threshold if dev.is_cuda else None, **overrides)

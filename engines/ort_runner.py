@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from engines.devices import Device, DeviceError, parse_device
 from engines.runner import Detections, ModelInfo, Runner
 from engines.static_io import INPUT_NAME, OUTPUT_NAMES, GraphInfo, stack_frames, unpack_detections
 
@@ -27,23 +28,24 @@ class OrtLoadError(ValueError):
     """The ONNX file cannot be run here; the message names the file, the reason and what to do."""
 
 
-def providers_for(device: str, available: Sequence[str]) -> tuple[list[Any], str]:
+def providers_for(device: str | Device, available: Sequence[str]) -> tuple[list[Any], str]:
     """ONNX Runtime execution providers and the device name for ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
 
     Raises:
-        OrtLoadError: an unknown device, or CUDA requested from an onnxruntime without CUDA.
+        OrtLoadError: an unknown device (:func:`engines.devices.parse_device`), or CUDA requested
+            from an onnxruntime without CUDA.
     """
-    if device == "cpu":
+    try:
+        dev = parse_device(device)
+    except DeviceError as e:
+        raise OrtLoadError(str(e)) from e
+    if not dev.is_cuda:
         return ["CPUExecutionProvider"], "cpu"
-    kind, _, index = device.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise OrtLoadError(f"invalid device {device!r}: use cpu, cuda or cuda:N")
     if "CUDAExecutionProvider" not in available:
         raise OrtLoadError(
-            f"device {device!r} requested but this onnxruntime has no CUDAExecutionProvider "
+            f"device {str(device)!r} requested but this onnxruntime has no CUDAExecutionProvider "
             f"(available: {', '.join(available)}); install onnxruntime-gpu or use --device cpu")
-    dev_id = int(index or 0)
-    return [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"], f"cuda:{dev_id}"
+    return [("CUDAExecutionProvider", {"device_id": dev.cuda_index}), "CPUExecutionProvider"], f"cuda:{dev.cuda_index}"
 
 
 def _file_metadata(path: Path) -> dict[str, str]:
@@ -64,7 +66,7 @@ def _plugin_refusal(path: Path) -> str:
 class OrtRunner(Runner):
     """Runs an exported portable graph with ONNX Runtime (CPU, or CUDA with onnxruntime-gpu)."""
 
-    def __init__(self, path: str | Path, device: str = "cpu") -> None:
+    def __init__(self, path: str | Path, device: str | Device = "cpu") -> None:
         import onnxruntime as ort
 
         path = Path(path)
@@ -102,3 +104,12 @@ class OrtRunner(Runner):
 
     def close(self) -> None:
         self.session = None
+
+
+def open_runner(path: str | Path | None, device: Device, paste_threshold: float | None = None,
+                **overrides: Any) -> OrtRunner:
+    """The ``onnxruntime`` backend: an ``.onnx`` portable graph. Masks are pasted by the caller
+    (``paste_threshold`` is not used); ``overrides`` are for checkpoints and are ignored here."""
+    if path is None:
+        raise OrtLoadError("the onnxruntime backend needs an .onnx file written by build-engine")
+    return OrtRunner(path, device=device)

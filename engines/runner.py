@@ -15,11 +15,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from engines.masks import BoxMask, paste_boxes, stack_full
+from engines.devices import Device
+
+if TYPE_CHECKING:
+    from engines.masks import BoxMask
 
 
 @dataclass(frozen=True)
@@ -67,11 +72,15 @@ class Detections:
         """
         if self.pasted is not None and self.pasted[0] == threshold:
             return self.pasted[1]
+        from engines.masks import paste_boxes  # torch: imported by the first frame that pastes
+
         h, w = self.image_size
         return paste_boxes(self.mask_probs, self.boxes, h, w, threshold)
 
     def paste(self, threshold: float = 0.5) -> npt.NDArray[np.bool_]:
         """Full-resolution ``bool[K, H, W]`` masks: references and tests only (allocates K×H×W)."""
+        from engines.masks import stack_full
+
         h, w = self.image_size
         return stack_full(self.box_masks(threshold), h, w)
 
@@ -110,3 +119,18 @@ class Runner(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op for runners holding nothing
         """Release device resources. Idempotent."""
+
+
+class RunnerFactory(Protocol):
+    """What each runtime module exposes as ``open_runner`` (:data:`engines.backends.RUNTIMES`).
+
+    Args:
+        path: the model file; None only for runtimes that open the embedded demo model.
+        device: the parsed device (:func:`engines.devices.parse_device`).
+        paste_threshold: paste masks on the device at this threshold (``Detections.pasted``);
+            None leaves pasting to the caller. The loader passes it for CUDA devices only.
+        overrides: model settings for checkpoints (PyTorch); other runtimes ignore them.
+    """
+
+    def __call__(self, path: str | Path | None, device: Device, paste_threshold: float | None = None,
+                 **overrides: Any) -> Runner: ...

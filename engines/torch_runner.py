@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from engines import devices
 from engines.masks import paste_boxes
 from engines.model.maskrcnn import MaskRCNN
 from engines.runner import Detections, ModelInfo, Runner
+from engines.weights import ModelLoadError, load_model
 
 
 def group_by_size(frames: Sequence[npt.NDArray[np.uint8]]) -> dict[tuple[int, int], list[int]]:
@@ -23,21 +27,26 @@ def group_by_size(frames: Sequence[npt.NDArray[np.uint8]]) -> dict[tuple[int, in
     return groups
 
 
-def parse_device(device: str) -> torch.device:
-    """``"cpu"``, ``"cuda"`` or ``"cuda:N"``; refuses CUDA when none is available, saying so."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"invalid device {device!r}: use cpu, cuda or cuda:N") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
-    return dev
+def torch_device(device: str | devices.Device) -> torch.device:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (:func:`engines.devices.parse_device`) as a torch device.
+
+    Raises:
+        DeviceError: a name outside those forms.
+        ValueError: a CUDA device on a machine where torch sees no CUDA.
+    """
+    dev = devices.parse_device(device)
+    if dev.is_cuda and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but CUDA is not available on this machine; "
+                         "use --device cpu")
+    return torch.device(str(dev))
+
+
+parse_device = torch_device
+"""The former name of :func:`torch_device`."""
 
 
 FOLD_NORMS_BY_DEFAULT = False
-"""Batch norms stay unfolded by default (issue 10, measured in ``docs/performance.md`` §2).
+"""Batch norms stay unfolded by default (measured in ``docs/performance.md`` §2).
 
 Folding a norm into its convolution (``W * scale``, ``b * scale + shift``) is exact in real
 arithmetic but not in float: every folded convolution rounds differently from torchvision's
@@ -67,9 +76,10 @@ class TorchRunner(Runner):
             (``Detections.pasted``); None leaves pasting to the caller. Meant for CUDA.
     """
 
-    def __init__(self, model: MaskRCNN, class_names: Sequence[str], name: str, device: str = "cpu",
-                 fuse: bool | str = FOLD_NORMS_BY_DEFAULT, paste_threshold: float | None = None) -> None:
-        self.device = parse_device(device)
+    def __init__(self, model: MaskRCNN, class_names: Sequence[str], name: str,
+                 device: str | devices.Device = "cpu", fuse: bool | str = FOLD_NORMS_BY_DEFAULT,
+                 paste_threshold: float | None = None) -> None:
+        self.device = torch_device(device)
         self.paste_threshold = paste_threshold
         dtypes = {"float32": torch.float32, "float64": torch.float64}
         if isinstance(fuse, str) and fuse not in dtypes:
@@ -103,3 +113,19 @@ class TorchRunner(Runner):
                                   paste_boxes(raw.mask_probs, raw.boxes, h, w, self.paste_threshold))
                 out[i] = det
         return [d for d in out if d is not None]
+
+
+def open_runner(path: str | Path | None, device: devices.Device, paste_threshold: float | None = None,
+                **overrides: Any) -> TorchRunner:
+    """The ``pytorch`` backend: a model file or torchvision checkpoint (None: the demo model).
+
+    ``overrides`` apply to checkpoints (:func:`engines.weights.load_model`).
+
+    Raises:
+        ModelLoadError: the file cannot be opened, or the device cannot run it.
+    """
+    lm = load_model(path, **overrides)
+    try:
+        return TorchRunner(lm.model, lm.class_names, lm.name, device=device, paste_threshold=paste_threshold)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from e

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from engines.devices import Device, parse_device
 from engines.machine import collect_runtime_environment
 from engines.manifest import (
     Manifest,
@@ -68,14 +69,17 @@ def graph_info(manifest: Manifest, source: str = "the engine manifest") -> Graph
     return GraphInfo.from_metadata(manifest.graph, source=source)
 
 
-def parse_cuda_device(device: str) -> int:
-    """``"cuda"`` / ``"cuda:N"`` → ``N``; anything else is refused (TensorRT runs on a CUDA GPU only)."""
-    if device == "cuda":
-        return 0
-    head, _, index = device.partition(":")
-    if head != "cuda" or not index.isdigit():
-        raise ValueError(f"the TensorRT runner needs a CUDA device ('cuda' or 'cuda:N'), got {device!r}")
-    return int(index)
+def cuda_index(device: str | Device) -> int:
+    """``"cuda"`` → 0, ``"cuda:N"`` → ``N`` (:func:`engines.devices.parse_device`).
+
+    Raises:
+        DeviceError: not a device name.
+        ValueError: the CPU (TensorRT runs on a CUDA GPU only).
+    """
+    dev = parse_device(device)
+    if not dev.is_cuda:
+        raise ValueError(f"the TensorRT runner needs a CUDA device ('cuda' or 'cuda:N'), got {str(device)!r}")
+    return dev.cuda_index
 
 
 def batch_plan(n: int, batch_min: int, batch_max: int) -> list[tuple[int, int]]:
@@ -225,13 +229,13 @@ class TrtRunner(Runner):
     paste_threshold: float | None = None
     """Paste masks on the GPU at this threshold (None: the caller pastes on the host)."""
 
-    def __init__(self, path: str | Path, device: str = "cuda", requirements: Requirements | None = None,
+    def __init__(self, path: str | Path, device: str | Device = "cuda", requirements: Requirements | None = None,
                  paste_threshold: float | None = None) -> None:
         self._lock = threading.Lock()
         self.paste_threshold = paste_threshold
         self._session: _EngineSession | None = None
         self.path = Path(path)
-        self.device_index = parse_cuda_device(device)
+        self.device_index = cuda_index(device)
         self.manifest = read_manifest(manifest_path_for(self.path))
         self.warnings: list[Mismatch] = ensure_compatible(
             self.manifest, collect_runtime_environment(self.device_index), requirements, engine=self.path)
@@ -269,3 +273,12 @@ class TrtRunner(Runner):
             session, self._session = self._session, None
             if session is not None:
                 session.release()
+
+
+def open_runner(path: str | Path | None, device: Device, paste_threshold: float | None = None,
+                **overrides: Any) -> TrtRunner:
+    """The ``tensorrt`` backend: a ``build-engine`` engine with its manifest. ``overrides`` are
+    for checkpoints and are ignored here."""
+    if path is None:
+        raise ValueError("the tensorrt backend needs an .engine file written by build-engine")
+    return TrtRunner(path, device=device, paste_threshold=paste_threshold)

@@ -180,5 +180,5 @@ def test_device_selection() -> None:
     assert providers[0] == ("CUDAExecutionProvider", {"device_id": 1}) and dev == "cuda:1"
     with pytest.raises(OrtLoadError, match=r"no CUDAExecutionProvider .* onnxruntime-gpu or use --device cpu"):
         providers_for("cuda", ["CPUExecutionProvider"])
-    with pytest.raises(OrtLoadError, match="invalid device 'gpu'"):
+    with pytest.raises(OrtLoadError, match=r"^device must be 'cpu', 'cuda' or 'cuda:N' \(N >= 0\), got 'gpu'$"):
         providers_for("gpu", ["CPUExecutionProvider"])

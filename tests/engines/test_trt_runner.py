@@ -26,7 +26,7 @@ from engines.manifest import (
     read_manifest,
 )
 from engines.static_io import GraphInfo, GraphMetadataError
-from engines.trt_runner import TrtRunner, batch_plan, graph_info, parse_cuda_device, torch_dtype
+from engines.trt_runner import TrtRunner, batch_plan, cuda_index, graph_info, torch_dtype
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -91,7 +91,9 @@ def test_engine_without_manifest_is_refused(tmp_path: Path) -> None:
 def test_cpu_device_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs a CUDA device"):
         TrtRunner(tmp_path / "model.plan", device="cpu")
-    assert [parse_cuda_device(d) for d in ("cuda", "cuda:0", "cuda:3")] == [0, 0, 3]
+    assert [cuda_index(d) for d in ("cuda", "cuda:0", "cuda:3")] == [0, 0, 3]
+    with pytest.raises(ValueError, match=r"^device must be 'cpu', 'cuda' or 'cuda:N' \(N >= 0\), got 'gpu'$"):
+        TrtRunner(tmp_path / "model.plan", device="gpu")
 
 
 def test_graph_description_comes_from_the_manifest(a5000: Manifest) -> None:
