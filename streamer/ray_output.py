@@ -27,7 +27,7 @@ from typing import TextIO
 import numpy as np
 
 from streamer.frames import Frame
-from streamer.process_cli import ProcessOptions
+from streamer.offline import ProcessOptions
 from streamer.ray_worker import SegmentOutput
 from streamer.schema import dumps
 

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamer.process_cli import InputFailure, ProcessOptions
+from streamer.offline import InputFailure, ProcessOptions
 from streamer.progress import progress
 from streamer.ray_output import OutputSink, RunStats, emit_lines
 from streamer.ray_worker import SegmentOutput, SegmentWorker, load_output

@@ -29,7 +29,7 @@ from engines.runner import Detections, Runner
 from streamer.frames import Frame
 from streamer.media import MediaError
 from streamer.messages import FrameResult, MessageSpec, batch_results
-from streamer.process_cli import ProcessOptions, _equal_size_batches
+from streamer.offline import ProcessOptions, equal_size_batches
 from streamer.schema import dumps
 from streamer.segments import InputPlan, Segment, SegmentMismatch, decode_segment, plan_segments
 
@@ -115,7 +115,7 @@ class SegmentWorker:
         tracking = opts.tracking is not None and opts.tracking.enabled
         spec = MessageSpec(self.runner.info.class_names, frozenset({opts.mask_encoding}),
                            opts.score_threshold, live=False)
-        for batch in _equal_size_batches(decode_segment(seg), opts.batch_size):
+        for batch in equal_size_batches(decode_segment(seg), opts.batch_size):
             results = _infer(seg.path, batch, self.runner, spec, need_masks=tracking)
             for frame, result in zip(batch, results, strict=True):
                 if tracking and seg.video:  # images are never tracked
@@ -165,7 +165,7 @@ def _set_title(title: str, busy: bool) -> None:
 
 def _infer(source: str, batch: list[Frame], runner: Runner, spec: MessageSpec,
            need_masks: bool) -> list[FrameResult]:
-    """``streamer.process_cli._infer_batch`` up to the messages: infer, filter, paste, encode."""
+    """``streamer.offline.infer_batch`` up to the messages: infer, filter, paste, encode."""
     try:
         dets = runner.infer([f.image for f in batch])
     except ValueError as err:  # a frame size the engine was not built for

@@ -31,7 +31,7 @@ from streamer.demo.shapes import CLASS_NAMES
 from streamer.demo.video import generate_video
 from streamer.media import open_media
 from streamer.messages import MessageSpec, frame_result
-from streamer.process_cli import ProcessOptions
+from streamer.offline import ProcessOptions
 
 EVAL_VIDEO_SEED_BASE = 3_000_000
 SCORE_THRESHOLD = ProcessOptions().score_threshold  # what `streamer process` publishes by default

@@ -41,7 +41,7 @@ import numpy.typing as npt
 from streamer.demo.video import generate_video
 from streamer.frames import Frame
 from streamer.messages import FrameResult, MessageSpec, frame_result
-from streamer.process_cli import ProcessOptions
+from streamer.offline import ProcessOptions
 from streamer.tracking import Tracker, TrackOutput, box_iou
 from streamer.tracking_config import TrackingConfig
 from streamer.tracking_eval import FrameTruth, accumulate, ground_truth, render, summarize

@@ -22,7 +22,7 @@ from streamer.annotate import (
     track_color,
 )
 from streamer.media import MediaInfo, open_media
-from streamer.process_cli import ProcessOptions, process_inputs
+from streamer.offline import ProcessOptions, process_inputs
 from tests.streamer.media_files import HEIGHT, N_FRAMES, WIDTH, FixedRunner, source_frame
 
 NAMES = ("__background__", "circle", "square")

@@ -15,7 +15,7 @@ from engines.modelfile import REQUIRED_METADATA, read_metadata
 from streamer.demo.matching import MatchTally, match_frame
 from streamer.demo.video import generate_video
 from streamer.media import open_media
-from streamer.process_cli import ProcessOptions, process_inputs
+from streamer.offline import ProcessOptions, process_inputs
 from streamer.schema import decode_rle
 
 UNSEEN_SEED = 90210  # not the sample video's seed (424242), nor a training seed (images, >= 10_000_000)

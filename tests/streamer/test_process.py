@@ -27,7 +27,7 @@ from pycocotools import mask as mask_utils
 from streamer.cli import main
 from streamer.frames import Frame
 from streamer.media import MediaError, open_media
-from streamer.process_cli import ProcessOptions, _equal_size_batches, process_inputs
+from streamer.offline import ProcessOptions, equal_size_batches, process_inputs
 from streamer.progress import BarProgress, LogProgress, progress
 from streamer.schema import decode_rle
 from tests.streamer.media_files import IMAGE_CASES, N_FRAMES, VIDEO_CASES, FixedRunner
@@ -98,7 +98,7 @@ def test_batches_hold_equal_size_frames_and_give_the_same_messages(media_dir: Pa
 def test_a_size_change_ends_the_batch() -> None:
     sizes = [(4, 6), (4, 6), (8, 6), (8, 6), (8, 6), (4, 6)]
     frames = [Frame("in", "in", i, None, 0.0, 0.0, np.zeros((*s, 3), np.uint8)) for i, s in enumerate(sizes)]
-    batches = list(_equal_size_batches(frames, 2))
+    batches = list(equal_size_batches(frames, 2))
     assert [[f.index for f in b] for b in batches] == [[0, 1], [2, 3], [4], [5]]
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from engines.runner import Detections, Runner
 from streamer.demo.video import generate_video
-from streamer.process_cli import ProcessOptions, process_inputs
+from streamer.offline import ProcessOptions, process_inputs
 from streamer.tracking_eval import accumulate, ground_truth, render, summarize
 from tests.streamer.media_files import FixedRunner
 
