@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,13 +44,13 @@ from torch import nn
 from build_engine.manifest import onnx_io_and_plugins, sha256_file
 from build_engine.onnx_ops import GraphOps, RoIAlignKind
 from build_engine.plugin_spec import PLUGIN_ID, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from engines.build_command import Precision
 from engines.classes import default_class_names
 from engines.manifest import TensorSpec
 from engines.model.maskrcnn import MaskRCNN
 from engines.model.preprocess import padded_size, resized_size
 from engines.static_io import BATCH_DIM, INPUT_NAME, OUTPUT_NAMES, GraphInfo, output_shapes
 
-Precision = Literal["fp32", "fp16"]
 MIN_OPSET = 17
 TRACE_BATCH = 2
 """Traced with two frames so that no batch-size-1 shortcut is baked into the graph."""

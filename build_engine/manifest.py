@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from engines.build_command import PROGRAM, Precision
 from engines.machine import collect_runtime_environment
 from engines.manifest import (
     BatchProfile,
@@ -29,13 +30,10 @@ from engines.manifest import (
     HardwareCompatibility,
     Manifest,
     PluginRef,
-    Precision,
     RuntimeEnvironment,
     TensorSpec,
     manifest_path_for,
 )
-
-BUILD_COMMAND = "build-engine"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -90,7 +88,7 @@ def onnx_metadata(onnx_path: str | Path) -> dict[str, str]:
 def recorded_command(argv: Sequence[str] | None = None) -> tuple[str, ...]:
     """``("build-engine", *args)`` from ``argv`` (default ``sys.argv``), program name normalized."""
     args = list(sys.argv if argv is None else argv)
-    return (BUILD_COMMAND, *args[1:])
+    return (PROGRAM, *args[1:])
 
 
 def build_manifest(

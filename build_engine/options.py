@@ -3,7 +3,7 @@
 Every bad value raises :class:`UsageError` (exit status 2) naming the option and the value
 received. :meth:`BuildOptions.command` writes a build back as the explicit argv the manifest
 records (``--min-batch/--opt-batch/--max-batch``, ``--input-size``), which
-:mod:`engines.manifest` edits into rebuild commands.
+:func:`engines.build_command.with_options` edits into rebuild commands.
 """
 
 from __future__ import annotations
@@ -14,19 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NoReturn
 
-from engines.manifest import (
+from engines.build_command import (
+    INPUT_FLAG,
     INPUT_SIZE_FLAG,
     MAX_BATCH_FLAG,
     MIN_BATCH_FLAG,
+    OPT_BATCH_FLAG,
     PRECISION_FLAG,
+    PRECISIONS,
+    PROGRAM,
     SOURCE_SIZE_FLAG,
-    BatchProfile,
-    HardwareCompatibility,
     Precision,
 )
+from engines.manifest import BatchProfile, HardwareCompatibility
 
-PROG = "build-engine"
-OPT_BATCH_FLAG = "--opt-batch"
 DEFAULT_BATCH = "1:4:8"
 DEFAULT_SOURCE_SIZE = "1920x1080"
 DEFAULT_PARITY_FRAMES = 4
@@ -86,7 +87,7 @@ class BuildOptions:
     def command(self, out: Path) -> list[str]:
         """The explicit ``build-engine`` argv that repeats this build (recorded in the manifest)."""
         b = self.batch
-        argv = [PROG] + (["--model", str(self.model)] if self.model is not None else [])
+        argv = [PROGRAM] + (["--model", str(self.model)] if self.model is not None else [])
         argv += ["--out", str(out)] + (["--onnx-only"] if self.onnx_only else [])
         argv += ["--roi-align", self.roi_align, PRECISION_FLAG, self.precision, MIN_BATCH_FLAG, str(b.min),
                  OPT_BATCH_FLAG, str(b.opt), MAX_BATCH_FLAG, str(b.max)]
@@ -111,7 +112,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Export a Mask R-CNN to ONNX, build a TensorRT engine, write a manifest "
+    p = _Parser(prog=PROGRAM, description="Export a Mask R-CNN to ONNX, build a TensorRT engine, write a manifest "
                 "and check parity against PyTorch.")
     p.add_argument("--model", type=Path, metavar="PATH", help="our .safetensors model file or a torchvision .pth checkpoint "
                    "(default: the embedded demo model)")
@@ -120,12 +121,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx-only", action="store_true", help="export and check the ONNX graph, build no engine")
     p.add_argument("--roi-align", choices=("plugin", "onnx"), help="fused TensorRT plugin (default for engines) "
                    "or ONNX RoiAlign ops (default with --onnx-only; runs in ONNX Runtime)")
-    p.add_argument(PRECISION_FLAG, choices=("fp32", "fp16"), default="fp32", help="default fp32")
+    p.add_argument(PRECISION_FLAG, choices=PRECISIONS, default="fp32", help="default fp32")
     p.add_argument("--batch", default=DEFAULT_BATCH, metavar="MIN:OPT:MAX", help=f"batch profile (default {DEFAULT_BATCH})")
     for flag, what in ((MIN_BATCH_FLAG, "MIN"), (OPT_BATCH_FLAG, "OPT"), (MAX_BATCH_FLAG, "MAX")):
         p.add_argument(flag, type=int, metavar="N", help=f"override --batch's {what}")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--input", INPUT_SIZE_FLAG, dest="input", metavar="HxW",
+    size.add_argument(INPUT_FLAG, INPUT_SIZE_FLAG, dest="input", metavar="HxW",
                       help="frames arrive already at this network input size")
     size.add_argument(SOURCE_SIZE_FLAG, metavar="WxH", help="camera frame size; the network input is derived as "
                       f"the model's preprocessing would (default {DEFAULT_SOURCE_SIZE})")
@@ -156,7 +157,7 @@ def options_from_args(ns: argparse.Namespace) -> BuildOptions:
         raise UsageError(f"MIN <= OPT <= MAX required, got {lo}:{opt}:{hi}")
     source = input_size = None
     if ns.input is not None:
-        input_size = parse_size(ns.input, "--input", "HxW")
+        input_size = parse_size(ns.input, INPUT_FLAG, "HxW")
     else:
         source = parse_size(ns.source_size or DEFAULT_SOURCE_SIZE, SOURCE_SIZE_FLAG, "WxH")
     if ns.parity_frames < 0:

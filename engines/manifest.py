@@ -28,19 +28,17 @@ from typing import Any, Literal
 from pydantic import TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-SCHEMA = "maskrcnn-streamer/engine-manifest/1"
-Precision = Literal["fp32", "fp16"]
-HardwareCompatibility = Literal["none", "same_compute_capability", "ampere_plus"]
+from engines.build_command import (
+    INPUT_SIZE_FLAG,
+    MAX_BATCH_FLAG,
+    MIN_BATCH_FLAG,
+    PRECISION_FLAG,
+    Precision,
+    with_options,
+)
 
-PRECISION_FLAG = "--precision"
-MIN_BATCH_FLAG = "--min-batch"
-MAX_BATCH_FLAG = "--max-batch"
-INPUT_SIZE_FLAG = "--input-size"
-"""``build-engine`` options that the rebuild command edits when a caller needs other values
-(``build_engine.cli`` records its command in this explicit form)."""
-SOURCE_SIZE_FLAG = "--source-size"
-_REPLACED_BY: dict[str, tuple[str, ...]] = {INPUT_SIZE_FLAG: (SOURCE_SIZE_FLAG, "--input")}
-"""Options dropped from the rebuild command when the key option is set (they would conflict)."""
+SCHEMA = "maskrcnn-streamer/engine-manifest/1"
+HardwareCompatibility = Literal["none", "same_compute_capability", "ampere_plus"]
 
 
 @dataclass(frozen=True)
@@ -268,37 +266,13 @@ def check_compatible(manifest: Manifest, env: RuntimeEnvironment, required: Requ
 
 
 def rebuild_command(manifest: Manifest, mismatches: Sequence[Mismatch] = ()) -> str | None:
-    """The recorded ``build-engine`` command with the options the mismatches ask for; None if unrecorded."""
-    argv = list(manifest.build_command)
-    if not argv:
+    """The recorded ``build-engine`` command with the options the mismatches ask for; None if unrecorded.
+
+    The edit itself is :func:`engines.build_command.with_options`.
+    """
+    if not manifest.build_command:
         return None
-    for m in mismatches:
-        for flag, value in m.rebuild_args:
-            argv = _without_options(argv, _REPLACED_BY.get(flag, ()))
-            for i, arg in enumerate(argv):
-                if arg == flag and i + 1 < len(argv):
-                    argv[i + 1] = value
-                    break
-                if arg.startswith(flag + "="):
-                    argv[i] = f"{flag}={value}"
-                    break
-            else:
-                argv += [flag, value]
-    return shlex.join(argv)
-
-
-def _without_options(argv: list[str], flags: Sequence[str]) -> list[str]:
-    """``argv`` without ``FLAG VALUE`` / ``FLAG=VALUE`` for each of ``flags``."""
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in flags:
-            skip = True
-        elif not any(arg.startswith(f + "=") for f in flags):
-            out.append(arg)
-    return out
+    return shlex.join(with_options(manifest.build_command, [arg for m in mismatches for arg in m.rebuild_args]))
 
 
 def compatibility_message(manifest: Manifest, mismatches: Sequence[Mismatch], engine: str | Path = "engine") -> str:

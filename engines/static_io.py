@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engines.manifest import INPUT_SIZE_FLAG
+from engines.build_command import INPUT_SIZE_FLAG, SOURCE_SIZE_FLAG
 from engines.runner import Detections
 
 INPUT_NAME = "frames"
@@ -39,11 +39,6 @@ OUTPUT_DTYPES = {"counts": "int32", "boxes": "float32", "scores": "float32", "la
 BATCH_DIM = "batch"
 FORMAT = "maskrcnn-streamer/static-graph/1"
 INPUT_MODES = ("source", "input")
-SOURCE_SIZE_FLAG = "--source-size"
-"""``build-engine`` option that fixes the camera resolution, written ``WxH`` (the graph resizes);
-``--input-size`` (:data:`engines.manifest.INPUT_SIZE_FLAG`, written ``HxW``) fixes the network
-input size (frames arrive resized)."""
-
 _REQUIRED = ("format", "name", "class_names", "config", "input_mode", "frame_size", "network_size",
              "precision", "roi_align")
 
