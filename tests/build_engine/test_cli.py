@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from build_engine.cli import main, output_paths
+from build_engine.cli import main
 from build_engine.options import (
     BuildOptions,
     UsageError,
@@ -21,6 +21,7 @@ from build_engine.options import (
     parse_batch,
     parse_size,
 )
+from build_engine.pipeline import output_paths
 from build_engine.plugin_spec import PLUGIN_ID, PLUGIN_VERSION
 from engines.manifest import (
     BatchProfile,
