@@ -1,4 +1,5 @@
-"""Shared fixtures: small real models (random weights, calibrated on real photos)."""
+"""Shared fixtures: small real models (random weights, calibrated on real photos); the options
+of the ``gpu`` tests (tests/gpu: ``python3 -m pytest -m gpu``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,16 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("gpu", "the gpu tests (tests/gpu): engines built and checked on this machine's GPU")
+    group.addoption("--gpu-model", type=Path, default=None, metavar="PATH",
+                    help="model file of the engine checks (default: the embedded demo model)")
+    group.addoption("--gpu-source-size", default="320x240", metavar="WxH",
+                    help="frame size the engines are built for (default 320x240)")
+    group.addoption("--gpu-parity-frames", type=int, default=4, metavar="N",
+                    help="frames of the engines' parity checks (default 4)")
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Issue 14's GPU check, one call on a CUDA box (needs PyAV: `pip install av`):
+# The frame pipeline's GPU benchmark, one call on a CUDA machine (needs PyAV: `pip install av`):
 #   1. the PyTorch CUDA runner, 8 streams of 1080p at batch 8: end-to-end frames/s against the
 #      model alone at the same batch (goal >= 0.9);
 #   2. the replay ceiling with masks pasted on the GPU (8 streams, 20 instances per frame).
+# A measurement, not a check: the GPU's correctness checks (GPU paste publishes what host paste
+# does, the CUDA runner against the CPU runner, engines, the RoIAlign kernel) are the gpu tests:
+#   python3 -m pytest -m gpu
 # Usage: bash tools/gpu_pipeline.sh OUTDIR [MODEL]   (MODEL: default the demo model)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -96,7 +96,7 @@ def test_missing_attribute_is_named() -> None:
 
 
 def test_fixed_grid_is_one_wave_of_a_large_gpu() -> None:
-    # the kernel's grid-stride loop covers any output with a fixed grid (checked on the GPU by tools/trt_verify.py)
+    # the kernel's grid-stride loop covers any output with a fixed grid (on the GPU: tests/gpu/test_roi_align_kernel.py)
     assert GRID_BLOCKS * BLOCK_SIZE == 262144
 
 
