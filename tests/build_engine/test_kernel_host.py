@@ -170,7 +170,7 @@ def test_host_half_conversions_are_ieee_round_to_nearest_even() -> None:
 
 
 def test_matches_torchvision_multiscale_roi_align() -> None:
-    ops = pytest.importorskip("torchvision.ops")
+    ops = pytest.importorskip("torchvision.ops", reason="torchvision (a test dependency: pip install '.[test]') is the reference")
     params = RoIAlignParams()
     rng = np.random.default_rng(2024)
     feats = _features(rng, params, n=2, c=4)

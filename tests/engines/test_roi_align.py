@@ -6,13 +6,13 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from engines.roi_align import RoIAlignParams, boxes_to_rois, map_levels, multilevel_roi_align
 
 # A 4×4 map whose value is 10*y + x: bilinear interpolation is exact, so each bin's average
 # is 10 * mean(y) + mean(x) over its sample points.
 RAMP = (10 * torch.arange(4.0)[:, None] + torch.arange(4.0)[None, :])[None, None]
+TORCHVISION = "torchvision (a test dependency: pip install '.[test]') is the reference these tests compare with"
 
 
 def one_level(**kw: object) -> RoIAlignParams:
@@ -79,7 +79,8 @@ def test_single_level_equals_torchvision(aligned: bool, ratio: int) -> None:
     wh[:20] = torch.rand(20, 2, generator=g) * 0.5  # tiny boxes
     boxes = torch.cat([xy, xy + wh], 1)
     rois = torch.cat([torch.randint(0, 2, (400, 1), generator=g).float(), boxes], 1)
-    ref = roi_align(feat, rois, 7, spatial_scale=0.25, sampling_ratio=ratio, aligned=aligned)
+    ops = pytest.importorskip("torchvision.ops", reason=TORCHVISION)
+    ref = ops.roi_align(feat, rois, 7, spatial_scale=0.25, sampling_ratio=ratio, aligned=aligned)
     ours = multilevel_roi_align([feat], rois, RoIAlignParams(7, ratio, aligned, min_level=2, max_level=2))
     assert (ref - ours).abs().max() <= 1e-5
 
@@ -100,7 +101,8 @@ def test_multilevel_equals_torchvision_multiscale(output_size: int) -> None:
         boxes.append(b)
     levels = map_levels(torch.cat(boxes), 2, 5)
     assert set(levels.tolist()) == {0, 1, 2, 3}
-    ref = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size, 2)(feats, boxes, sizes)
+    ops = pytest.importorskip("torchvision.ops", reason=TORCHVISION)
+    ref = ops.MultiScaleRoIAlign(["0", "1", "2", "3"], output_size, 2)(feats, boxes, sizes)
     ours = multilevel_roi_align(list(feats.values()), boxes_to_rois(boxes), RoIAlignParams(output_size=output_size))
     assert ours.shape == ref.shape
     assert (ref - ours).abs().max() <= 1e-5
