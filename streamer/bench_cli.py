@@ -8,7 +8,10 @@ interleaved (ours, torchvision, ours, ...) so that load on a shared machine hits
 Prints per-frame milliseconds, frames/s and the ratio torchvision/ours (> 1: ours is faster),
 plus the parity gate's verdict on ours against torchvision (:mod:`engines.parity`: torchvision
 runs again with perturbed weights to find its stable instances; ours must reproduce them).
-Needs torchvision (a test/bench dependency).
+
+A development benchmark: it needs torchvision, which the runtime does not; install it with
+``pip install 'maskrcnn-streamer[bench]'`` (the command says so when it is missing). The
+torchvision side is :mod:`engines.reference`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from engines.loading import ModelLoadError, load_model
 from engines.parity import GateMarks, GateStats, judge_frame, perturbed_copy
 from engines.runner import Detections
 from engines.torch_runner import TorchRunner, parse_device
+
+BENCH_INSTALL = "pip install 'maskrcnn-streamer[bench]'"
+"""How to install what ``streamer bench`` needs beyond the runtime (torchvision)."""
 
 
 def _batches(text: str) -> list[int]:
@@ -73,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         import torchvision  # noqa: F401
     except ImportError:
-        print("error: streamer bench needs torchvision (pip install torchvision)", file=sys.stderr)
+        print(f"error: streamer bench needs torchvision: {BENCH_INSTALL}", file=sys.stderr)
         return 1
-    from engines.reference import torchvision_model
+    from engines.reference import torchvision_detections, torchvision_model
     from streamer.demo import sample_video_path
 
     if args.threads:
@@ -97,10 +103,7 @@ def run(args: argparse.Namespace) -> int:
         return dets
 
     def run_tv(batch: list[np.ndarray], model: torch.nn.Module = tv) -> list[Detections]:
-        with torch.no_grad():
-            outs = model([torch.from_numpy(f).to(device).permute(2, 0, 1).float() / 255 for f in batch])
-        _sync(device)
-        return [_TvDetections(o, f.shape[:2]) for o, f in zip(outs, batch, strict=True)]
+        return torchvision_detections(model, batch, batch_size=len(batch))
 
     h, w = frames[0].shape[:2]
     print(f"model {lm.name} ({lm.model.cfg.backbone}-FPN, {lm.model.cfg.num_classes} classes), {len(frames)} frames "
@@ -134,14 +137,3 @@ def run(args: argparse.Namespace) -> int:
           + (f" ({'; '.join(failures)})" if failures else ""))
     return 0
 
-
-class _TvDetections(Detections):
-    """torchvision's output for one frame; its masks are already pasted (``float[K, 1, H, W]``)."""
-
-    def __init__(self, out: dict[str, torch.Tensor], hw: tuple[int, int]) -> None:
-        super().__init__(out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(), out["labels"].cpu().numpy(),
-                         np.zeros((len(out["boxes"]), 28, 28), np.float32), hw)
-        self.full = out["masks"][:, 0].cpu().numpy()
-
-    def paste(self, threshold: float = 0.5) -> np.ndarray:
-        return self.full > threshold

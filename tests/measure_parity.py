@@ -1,14 +1,14 @@
-"""Measure our default path against torchvision's own thread-count noise floor (issue 10, item 1).
+"""Measure our default path against torchvision's own thread-count noise floor.
 
 For each architecture and input size: torchvision on N threads is the reference; torchvision
 on 1 thread gives the noise floor (its matched fraction against the reference); then ours
-with batch norms folded in float32 (the old default), folded in float64, and not folded.
+with batch norms folded in float32, folded in float64, and not folded (the default).
 Matching rule (``agreed``): :class:`engines.parity.Tolerances` (same label, box IoU >= 0.99,
 |Δbox| <= 0.5 px, |Δscore| <= 1e-3, mask IoU >= 0.97).
 
-    python3 tests/measure_parity.py --kinds v1,v2,r18 --sizes 480/800,800/1333 --photos 4
+    python3 -m tests.measure_parity --kinds v1,v2,r18 --sizes 480/800,800/1333 --photos 4
 
-Needs torchvision and scikit-image (test dependencies). Weights: :func:`tv_models.build`
+Needs torchvision and scikit-image (test dependencies). Weights: :func:`tools.calibrate.calibrated_model`
 (calibrated random weights), calibrated at each size.
 """
 
@@ -16,21 +16,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from tv_models import build, tv_detections
-
 from engines.model.state_dict import model_from_state_dict
 from engines.parity import compare_all
+from engines.reference import torchvision_detections
 from engines.runner import Detections
 from engines.torch_runner import TorchRunner
+from tools.calibrate import calibrated_model
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 FOLDS: dict[str, bool | str] = {"fold32": "float32", "fold64": "float64", "nofold": False}
@@ -58,14 +54,14 @@ def main() -> None:
     for kind in a.kinds.split(","):
         for size in a.sizes.split(","):
             lo, hi = (int(v) for v in size.split("/"))
-            tv = build(kind, min_size=lo, max_size=hi)
+            tv = calibrated_model(kind, min_size=lo, max_size=hi)
             torch.set_num_threads(a.threads)
             t0 = time.perf_counter()
-            ref = tv_detections(tv, frames)
+            ref = torchvision_detections(tv, frames)
             t_ref = time.perf_counter() - t0
             torch.set_num_threads(1)
             t0 = time.perf_counter()
-            floor = tv_detections(tv, frames)
+            floor = torchvision_detections(tv, frames)
             t_floor = time.perf_counter() - t0
             torch.set_num_threads(a.threads)
             rows: list[tuple[str, list[Detections], float]] = [("torchvision 1 thread (floor)", floor, t_floor)]

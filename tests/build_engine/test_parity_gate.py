@@ -1,6 +1,6 @@
 """The parity gate judges semantics: it passes float noise and fails real bugs (mutation tests).
 
-Model: ``maskrcnn_resnet50_fpn`` (v1) with calibrated random weights (``tv_models.build``,
+Model: ``maskrcnn_resnet50_fpn`` (v1) with calibrated random weights (``tools.calibrate``,
 calibrated at 480/800), run at 320/544 on three 240x320 frames (real photos) to keep the
 suite fast.
 
@@ -25,7 +25,6 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import torch
-from tv_models import build_shared
 
 from build_engine.parity_report import ParityReport, parity_frames, run_parity
 from engines.manifest import manifest_path_for, read_manifest
@@ -36,6 +35,7 @@ from engines.model.state_dict import model_from_state_dict
 from engines.parity import GateMarks, perturbed_copy
 from engines.runner import Detections, ModelInfo, Runner
 from engines.torch_runner import TorchRunner
+from tools.calibrate import shared_calibrated_model
 
 pytestmark = pytest.mark.timeout(900)  # fixtures calibrate R50 models: slow on a loaded 2-core machine
 
@@ -64,7 +64,7 @@ def clamp_stress(model: MaskRCNN) -> None:
 
 
 def make_model() -> MaskRCNN:
-    tv = build_shared("v1", min_size=480, max_size=800)
+    tv = shared_calibrated_model("v1", min_size=480, max_size=800)
     return model_from_state_dict(copy.deepcopy(tv.state_dict()), min_size=MIN_SIZE, max_size=MAX_SIZE)
 
 
@@ -277,9 +277,9 @@ def _build_engine(model_file: Path, out: Path, *extra: str) -> tuple[int, str, s
 
 
 def test_build_engine_accepts_onnx_runtime_on_calibrated_r50(model_file: Path, tmp_path: Path) -> None:
-    """Issue 10's refused command (``--onnx-only --roi-align onnx``) on the calibrated R50: ONNX
-    Runtime runs the exported graph (norms folded) and the gate passes it. A smaller source size
-    than the issue's 512x512 (240x320, network input 320x426) keeps the test short."""
+    """``--onnx-only --roi-align onnx`` on the calibrated R50: ONNX Runtime runs the exported
+    graph (norms folded) and the gate passes it. A small source size (240x320, network input
+    320x426) keeps the test short."""
     out = tmp_path / "r50.onnx"
     rc, stdout, stderr = _build_engine(model_file, out)
     print(stdout)
