@@ -2,12 +2,12 @@
 
 ::
 
-    python3 tools/bench_ray.py [--videos 4] [--seconds 0.96] [--gop 8] [--segment-frames 8]
+    python3 -m tools.bench_ray [--videos 4] [--seconds 0.96] [--gop 8] [--segment-frames 8]
                                [--size 160x96] [--json FILE]
 
-Generates ``--videos`` demo scenes (``streamer.demo.video.generate_video``, re-encoded with a
+Generates ``--videos`` demo scenes (``tools.scenes.video.generate_video``, re-encoded with a
 keyframe every ``--gop`` frames), starts a real two-node Ray cluster (1 CPU per node) inside a
-private network namespace (tests/streamer/ray_cluster.py: loopback only, root needed), and runs,
+private network namespace (:mod:`tools.ray_cluster`: loopback only, root needed), and runs,
 on the same machine and in the same conditions (one torch thread per process, embedded demo
 model): the local ``streamer process``, then ``--ray`` with ``--workers 1`` and ``--workers 2``.
 It reports each run's wall time and frames/s, the speed-ups, the driver's per-segment figures
@@ -25,9 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.streamer.ray_cluster import keyframe_video, netns_available, run_in_namespace
+from tools.ray_cluster import keyframe_video, netns_available, run_in_namespace
 
 SUMMARY = re.compile(r"ray: (\d+) segments in ([\d.]+) s \(driver\), ([\d.]+) s per segment on the "
                      r"workers, overhead (\d+) ms per segment, first segment submitted ([\d.]+) s")

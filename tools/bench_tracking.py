@@ -7,7 +7,7 @@ wherever boxes are ambiguous), with box-local masks as the pipeline hands them o
 over ``--frames`` after a warm-up: wall time (median, 95th percentile) and thread CPU time (mean;
 steadier on a shared machine)::
 
-    python tools/bench_tracking.py --instances 20 --frames 2000
+    python3 -m tools.bench_tracking --instances 20 --frames 2000
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """COCOeval (bbox + segm) of the demo model on a held-out generated set.
 
-Loads ``demo_tv.pth`` (frozen-BN state dict, strict) into the torchvision construction of
-``tools/train_demo.py`` and runs it on ``--images`` 640x360 scenes with seeds
-``EVAL_SEED_BASE + i`` (disjoint from training seeds)::
+Loads ``demo_tv.pth`` (frozen-BN state dict, strict) into the torchvision construction of the
+``demo`` preset (``tools.demo_training.build_model``) and runs it on ``--images`` 640x360 scenes
+with seeds ``EVAL_SEED_BASE + i`` (disjoint from training seeds)::
 
-    python tools/eval_demo.py --weights out/demo_tv.pth --images 200
+    python3 -m tools.eval_demo --weights out/demo_tv.pth --images 200
 
 A training checkpoint (``out/ckpt.pth``, BatchNorm model) can be evaluated with ``--ckpt``.
 Masks are the model's probabilities thresholded at 0.5, as torchvision's reference evaluation does.
@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_arch import build_model
-
-from streamer.demo.coco import EVAL_SEED_BASE, GroundTruthBuilder, evaluate, rle_json
-from streamer.demo.shapes import generate_image
+from streamer.demo.coco import evaluate
+from tools.demo_training import build_model
+from tools.scenes.ground_truth import EVAL_SEED_BASE, GroundTruthBuilder, rle_json
+from tools.scenes.shapes import generate_image
 
 
 def detections_to_results(image_id: int, out: dict[str, torch.Tensor]) -> list[dict[str, Any]]:

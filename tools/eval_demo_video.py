@@ -1,4 +1,4 @@
-"""Issue 4's end-to-end criteria on many unseen generated videos, not one.
+"""The demo model's end-to-end criteria (tests/streamer/test_demo_model.py) on many unseen generated videos.
 
 Each video (seeds ``EVAL_VIDEO_SEED_BASE + i``, disjoint from every training seed) is encoded as
 H.264, decoded with PyAV and run through the runner and ``streamer.messages`` exactly as ``streamer process`` does
@@ -6,15 +6,14 @@ H.264, decoded with PyAV and run through the runner and ``streamer.messages`` ex
 (``streamer.demo.matching``); the figures are found / total, mean IoU of the found, classes right,
 the same for shapes cut by the frame border, and the class confusion.
 
-    python tools/eval_demo_video.py --videos 12                         # the shipped model file
-    python tools/eval_demo_video.py --weights out/ft3/demo_tv.pth       # a candidate state dict
+    python3 -m tools.eval_demo_video --videos 12                     # the shipped model file
+    python3 -m tools.eval_demo_video --weights out/ft3/demo_tv.pth   # a candidate state dict
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,16 +21,14 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from package_demo import package
-
 from engines.loading import load_runner
 from streamer.demo.matching import MatchTally, match_frame
-from streamer.demo.shapes import CLASS_NAMES
-from streamer.demo.video import generate_video
 from streamer.media import open_media
 from streamer.messages import MessageSpec, frame_result
 from streamer.offline import ProcessOptions
+from tools.package_demo import package
+from tools.scenes.shapes import CLASS_NAMES
+from tools.scenes.video import generate_video
 
 EVAL_VIDEO_SEED_BASE = 3_000_000
 SCORE_THRESHOLD = ProcessOptions().score_threshold  # what `streamer process` publishes by default

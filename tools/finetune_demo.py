@@ -1,14 +1,14 @@
 """Fine-tune the demo model on frames of generated *videos* and on shapes cut by the edge (CPU or CUDA).
 
-The first training run (tools/train_demo.py) saw still images only; shapes cut by the frame
+The first training run (``tools.train_demo``) saw still images only; shapes cut by the frame
 edge while entering or leaving, and moving occluders, were rare. This continues from a frozen-BN
 state dict on a mix of still images (``--border-fraction`` of their shapes cut by the image edge)
 and random crops of video frames, with a cosine schedule sized to a wall-time budget, and writes
 the frozen-BN state dict back. ``--train box-head`` updates only the box head and classifier
 (backbone, RPN and mask head stay as they are, and each iteration is cheaper).
 
-    python tools/finetune_demo.py --weights out/gpu/demo_tv_fp16rounded.pth --minutes 20 --out out/ft
-    python tools/finetune_demo.py --weights out/ft/demo_tv_shipped.pth --train box-head \
+    python3 -m tools.finetune_demo --weights out/gpu/demo_tv_fp16rounded.pth --minutes 20 --out out/ft
+    python3 -m tools.finetune_demo --weights out/ft/demo_tv_shipped.pth --train box-head \
         --full-frame --border-fraction 0.5 --video-fraction 0.3 --box-batch 256 --minutes 60 --out out/ft3
 """
 
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from demo_arch import INFERENCE_KWARGS, build_model, training_pair
 
-from streamer.demo.shapes import generate_image
-from streamer.demo.video import video_scenes
+from tools.demo_training import build_model, demo_config, training_pair
+from tools.scenes.shapes import generate_image
+from tools.scenes.video import video_scenes
 
 FINETUNE_SEED_BASE = 5_000_000  # videos; disjoint from the sample video and the test videos
 MIN_VISIBLE_PX = 30
-FRAME_HW = (INFERENCE_KWARGS["min_size"], INFERENCE_KWARGS["max_size"])
+FRAME_HW = (demo_config().min_size, demo_config().max_size)
 """Whole generated frames (360×640) are fed at the model's own resize, i.e. unscaled."""
 
 
@@ -47,9 +47,10 @@ def video_crop(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndar
 
 
 def batch(rng: np.random.Generator, n: int, size: int, device: torch.device, video_fraction: float = 0.5,
-          border_fraction: float = 0.0, full_frame: bool = False) -> tuple[list, list]:
+          border_fraction: float = 0.0, full_frame: bool = False) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     """``n`` training images and targets; ``full_frame`` uses whole frames (``FRAME_HW``) instead of ``size`` crops."""
-    images, targets = [], []
+    images: list[torch.Tensor] = []
+    targets: list[dict[str, torch.Tensor]] = []
     while len(images) < n:
         if rng.random() < video_fraction:
             img, masks, labels = video_crop(rng, 0 if full_frame else size)
@@ -116,7 +117,7 @@ def main() -> None:
         losses = model(images, targets)
         loss = sum(losses.values())
         opt.zero_grad()
-        loss.backward()  # type: ignore[union-attr]
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 10.0)
         opt.step()
         it += 1

@@ -1,30 +1,28 @@
 """Package a demo-model state dict as the shipped model file (safetensors, float16 storage).
 
-    python tools/package_demo.py out/ft3/demo_tv.pth                       # → engines/assets/demo_shapes.safetensors
-    python tools/package_demo.py out/ft3/demo_tv.pth --out /tmp/cand.safetensors --rounded out/ft3/shipped.pth
+    python3 -m tools.package_demo out/ft3/demo_tv.pth       # → engines/assets/demo_shapes.safetensors
+    python3 -m tools.package_demo out/ft3/demo_tv.pth --out /tmp/cand.safetensors --rounded out/ft3/shipped.pth
 
-The state dict is the frozen-BN torchvision one that ``tools/train_demo.py`` and
-``tools/finetune_demo.py`` write. What tensors cannot tell (anchor sizes, resize limits, class
-names) comes from ``tools/demo_arch.py``, so the file loads as exactly the model-card
-construction. ``--rounded`` also writes the float16-rounded weights back as a float32 state dict,
-the weights the shipped file really holds (for ``tools/eval_demo.py``).
+The state dict is the frozen-BN torchvision one that ``tools.train_demo`` and
+``tools.finetune_demo`` write. What tensors cannot tell (anchor sizes, resize limits) comes from
+the ``demo`` preset (:mod:`engines.presets`) and the class names from the scene generator
+(``tools.scenes.shapes.CLASS_NAMES``), so the file loads as exactly the model-card construction.
+``--rounded`` also writes the float16-rounded weights back as a float32 state dict, the weights
+the shipped file really holds (for ``tools.eval_demo``).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_arch import ANCHOR_SIZES, ASPECT_RATIOS, INFERENCE_KWARGS
-
 from engines.loading import demo_model_path
 from engines.model.state_dict import detect_config, migrate_keys
 from engines.modelfile import load_model_file, save_model_file
-from streamer.demo.shapes import CLASS_NAMES
+from engines.presets import preset
+from tools.scenes.shapes import CLASS_NAMES
 
 DEFAULT_SOURCE = (
     "trained from scratch on synthetic shapes: tools/train_demo.py on an H200 (1131 it, batch 8), then "
@@ -35,8 +33,9 @@ DEFAULT_SOURCE = (
 def package(weights: Path, out: Path, source: str = DEFAULT_SOURCE) -> Path:
     """Write the model file for the state dict at ``weights`` to ``out``; returns ``out``."""
     sd = torch.load(weights, map_location="cpu", weights_only=True)
-    cfg = detect_config(migrate_keys(sd), anchor_sizes=ANCHOR_SIZES, aspect_ratios=ASPECT_RATIOS,
-                        min_size=INFERENCE_KWARGS["min_size"], max_size=INFERENCE_KWARGS["max_size"])
+    demo = preset("demo")
+    cfg = detect_config(migrate_keys(sd), anchor_sizes=demo.anchor_sizes, aspect_ratios=demo.aspect_ratios,
+                        min_size=demo.min_size, max_size=demo.max_size)
     return save_model_file(out, sd, cfg, CLASS_NAMES, name="demo-shapes-r18fpn", source=source, half=True)
 
 

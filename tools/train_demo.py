@@ -1,11 +1,11 @@
 """Train the shipped demo model: torchvision Mask R-CNN, ResNet-18 FPN (128 ch), on synthetic shapes.
 
-Images are generated on the fly by ``streamer.demo.shapes.generate_image`` with seeds
+Images are generated on the fly by ``tools.scenes.shapes.generate_image`` with seeds
 ``TRAIN_SEED_BASE + iteration * batch + i`` (held-out evaluation seeds start at
-``streamer.demo.coco.EVAL_SEED_BASE`` and never meet these). Training uses ordinary BatchNorm; the
+``tools.scenes.ground_truth.EVAL_SEED_BASE`` and never meet these). Training uses ordinary BatchNorm; the
 result is folded into the FrozenBatchNorm2d construction and written as a plain state dict.
 
-    nice -n 5 python tools/train_demo.py --iters 3000 --out out/
+    nice -n 5 python3 -m tools.train_demo --iters 3000 --out out/
 
 Outputs under ``--out``: ``train.log`` (progress), ``ckpt.pth`` (resumable, every few minutes),
 ``demo_tv.pth`` (frozen-BN state dict), ``demo_config.json`` (constructor arguments and recipe).
@@ -21,22 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from demo_arch import (
-    ANCHOR_SIZES,
-    ASPECT_RATIOS,
-    FPN_CHANNELS,
-    INFERENCE_KWARGS,
-    MASK_LAYERS,
-    REPRESENTATION,
-    TRAIN_KWARGS,
-    build_model,
-    frozen_state_dict,
-    training_pair,
-)
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 
-from streamer.demo.shapes import CLASS_NAMES, generate_image
+from tools.demo_training import (
+    build_model,
+    demo_config,
+    frozen_state_dict,
+    recorded_kwargs,
+    training_pair,
+)
+from tools.scenes.shapes import CLASS_NAMES, generate_image
 
 TRAIN_SEED_BASE = 10_000_000
 CALIBRATION_SEED_BASE = 20_000_000
@@ -175,6 +170,7 @@ def main() -> None:
         log.flush()
 
     model = build_model(frozen_bn=False).to(device)
+    cfg = demo_config()
     # Training crops are fed at native scale: the transform must not resize them.
     model.transform.min_size = (min(args.height, args.width),)
     model.transform.max_size = max(args.height, args.width)
@@ -262,8 +258,8 @@ def main() -> None:
     args.iters = base_iters
     model = model.cpu()
     # Back to the inference transform (training fed its crops unscaled).
-    model.transform.min_size = (INFERENCE_KWARGS["min_size"],)
-    model.transform.max_size = INFERENCE_KWARGS["max_size"]
+    model.transform.min_size = (cfg.min_size,)
+    model.transform.max_size = cfg.max_size
     export(model.eval(), args, wall, say)
 
 
@@ -289,6 +285,7 @@ def export(model: MaskRCNN, args: argparse.Namespace, wall_s: float, say: Any) -
     say("frozen-BN strict load OK; eval outputs equal to the BN model's within float rounding")
     torch.save(state, args.out / "demo_tv.pth")
     n_params = sum(v.numel() for k, v in state.items() if "running_" not in k)
+    cfg = demo_config()
     config = {
         "architecture": "torchvision MaskRCNN, resnet18 + BackboneWithFPN",
         "class_names": list(CLASS_NAMES),
@@ -297,24 +294,24 @@ def export(model: MaskRCNN, args: argparse.Namespace, wall_s: float, say: Any) -
             "norm_layer": "FrozenBatchNorm2d",
             "return_layers": {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
             "in_channels_list": [64, 128, 256, 512],
-            "out_channels": FPN_CHANNELS,
+            "out_channels": cfg.fpn_channels,
         },
         "rpn_anchor_generator": {
-            "sizes": [list(s) for s in ANCHOR_SIZES],
-            "aspect_ratios": [list(a) for a in ASPECT_RATIOS],
+            "sizes": [list(s) for s in cfg.anchor_sizes],
+            "aspect_ratios": [list(a) for a in cfg.aspect_ratios],
         },
-        "box_head": {"in_channels": FPN_CHANNELS * 7 * 7, "representation_size": REPRESENTATION},
-        "box_predictor": {"in_channels": REPRESENTATION, "num_classes": len(CLASS_NAMES)},
-        "mask_head": {"in_channels": FPN_CHANNELS, "layers": list(MASK_LAYERS), "dilation": 1},
+        "box_head": {"in_channels": cfg.fpn_channels * 7 * 7, "representation_size": cfg.box_representation},
+        "box_predictor": {"in_channels": cfg.box_representation, "num_classes": cfg.num_classes},
+        "mask_head": {"in_channels": cfg.fpn_channels, "layers": list(cfg.mask_layers), "dilation": 1},
         "mask_predictor": {
-            "in_channels": MASK_LAYERS[-1],
-            "dim_reduced": FPN_CHANNELS,
-            "num_classes": len(CLASS_NAMES),
+            "in_channels": cfg.mask_layers[-1],
+            "dim_reduced": cfg.mask_dim_reduced,
+            "num_classes": cfg.num_classes,
         },
-        "maskrcnn_kwargs": {**INFERENCE_KWARGS, **TRAIN_KWARGS},
+        "maskrcnn_kwargs": recorded_kwargs(cfg),
         "parameters": n_params,
         "training": {
-            "data": "streamer.demo.shapes.generate_image, on the fly",
+            "data": "tools.scenes.shapes.generate_image, on the fly",
             "train_seed_base": TRAIN_SEED_BASE,
             "image_size_hw": [args.height, args.width],
             "shapes_per_image": [2, args.max_shapes],

@@ -1,4 +1,8 @@
-"""Synthetic demo data: shape scenes, videos with per-frame COCO ground truth."""
+"""The demo's shipped data and its scoring: the sample video, its ground truth, COCOeval, matching.
+
+The scene generator that made the sample lives in the source checkout (:mod:`tools.scenes`),
+not in the installed package.
+"""
 
 from streamer.demo.assets import sample_ground_truth, sample_video_path
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from streamer.demo.coco import GroundTruthBuilder, evaluate, load_coco
-from streamer.demo.shapes import (
+from streamer.demo.coco import evaluate, load_coco
+from tools.scenes.ground_truth import GroundTruthBuilder
+from tools.scenes.shapes import (
     CLASS_NAMES,
     MIN_VISIBLE_AREA,
     Shape,
@@ -20,7 +21,7 @@ from streamer.demo.shapes import (
     render,
     shape_vertices,
 )
-from streamer.demo.video import generate_video, video_scenes
+from tools.scenes.video import generate_video, video_scenes
 
 
 def test_same_seed_same_scene_other_seed_differs() -> None:

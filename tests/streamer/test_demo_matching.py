@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streamer.demo.matching import MatchTally, match_frame
-from streamer.demo.shapes import generate_image
+from tools.scenes.shapes import generate_image
 
 
 def _box(y0: int, y1: int, x0: int, x1: int, shape: tuple[int, int] = (40, 60)) -> np.ndarray:

@@ -12,11 +12,14 @@ from pycocotools import mask as mask_utils
 
 from engines.loading import demo_model_path, load_model, load_runner
 from engines.modelfile import REQUIRED_METADATA, read_metadata
+from engines.presets import preset
+from engines.reference import torchvision_model
 from streamer.demo.matching import MatchTally, match_frame
-from streamer.demo.video import generate_video
 from streamer.media import open_media
 from streamer.offline import ProcessOptions, process_inputs
 from streamer.schema import decode_rle
+from tools.scenes.shapes import CLASS_NAMES
+from tools.scenes.video import generate_video
 
 UNSEEN_SEED = 90210  # not the sample video's seed (424242), nor a training seed (images, >= 10_000_000)
 
@@ -67,6 +70,17 @@ def test_strict_torchvision_load_and_equal_outputs() -> None:
     torch.testing.assert_close(ours.boxes, ref["boxes"], rtol=0, atol=1e-3)
     torch.testing.assert_close(ours.scores, ref["scores"], rtol=0, atol=1e-5)
     assert torch.equal(ours.labels, ref["labels"])
+
+
+def test_demo_preset_is_the_shipped_architecture() -> None:
+    """The ``demo`` preset is the shipped file's config, and the one torchvision builder loads it strictly."""
+    lm = load_model(None)
+    assert lm.model.cfg == preset("demo")
+    assert lm.class_names == CLASS_NAMES
+    tv = torchvision_model(preset("demo"), lm.model.state_dict())
+    reference = torchvision_demo_construction()
+    assert str(tv) == str(reference)
+    assert list(tv.state_dict()) == list(reference.state_dict())
 
 
 def _sample() -> Path:

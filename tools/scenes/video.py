@@ -21,8 +21,8 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from streamer.demo.coco import GroundTruthBuilder
-from streamer.demo.shapes import Scene, Shape, distinct_color, make_background, random_shape, render
+from tools.scenes.ground_truth import GroundTruthBuilder
+from tools.scenes.shapes import Scene, Shape, distinct_color, make_background, random_shape, render
 
 NOISE_MARGIN = 32
 """Per-frame sensor noise is a random window of one pre-drawn field this much larger per side."""
