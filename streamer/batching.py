@@ -25,8 +25,9 @@ from collections.abc import Callable, Sequence
 
 from streamer.config import BatchingConfig
 from streamer.frames import Frame
+from streamer.stats import DropReason
 
-DropCallback = Callable[[Frame, str], None]
+DropCallback = Callable[[Frame, DropReason], None]
 """Called with each dropped frame and the reason (``queue_full``, ``stale``, ``shutdown``)."""
 
 

@@ -9,7 +9,7 @@ message has one line per problem, naming the key path, the value received and wh
 Secrets never live in the file. A source URL may contain ``${VAR}`` (expanded from the
 environment when the config is loaded), and ``username_env``/``password_env`` name environment
 variables whose values are inserted, percent-encoded, as the URL's ``user:pass@``. A missing
-variable is a config error. Broker credentials work the same way (see ``streamer.sinks.config``).
+variable is a config error. Broker credentials work the same way (see ``streamer.sinks.mqtt``).
 
 No ``[[sources]]`` means the demo video as a looping stream; no ``[[sinks]]`` means JSONL on stdout.
 """
@@ -35,17 +35,20 @@ from pydantic import (
     model_validator,
 )
 
+from engines.devices import DEVICE_RULE, DeviceError, parse_device
+from streamer.envvars import EnvVarName
 from streamer.redact import REDACTED, is_secret_key, redact_secrets
-from streamer.sinks.config import JsonlSinkConfig, MqttSinkConfig, SinkConfig, parse_sink_spec
+from streamer.sinks import SinkConfig, parse_sink_spec
 from streamer.tracking_config import TrackingConfig
 
 SourceKind = Literal["file", "live"]
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp"})
 HOST_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https"})
 """Schemes whose URLs must name a host (``udp://:1234``, ``srt://:9000?mode=listener`` need none)."""
-_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9108"
+DEFAULT_SINK = "jsonl:-"
+"""The sink when the config names none: JSONL on stdout."""
 
 
 class ConfigError(Exception):
@@ -78,8 +81,8 @@ class SourceConfig(_Strict):
     """Stream name: message key ``stream``, metric label, thread name ``decode-<name>``."""
     url: str = Field(min_length=1)
     """File path, ``file://``, ``rtsp(s)://``, ``http(s)://`` (HLS), ``rtmp://``, ``/dev/videoN``."""
-    username_env: str | None = None
-    password_env: str | None = None
+    username_env: EnvVarName | None = None
+    password_env: EnvVarName | None = None
     format: str | None = None
     """FFmpeg input format (``v4l2`` is implied for ``/dev/video*``)."""
     live: StrictBool | None = None
@@ -98,13 +101,6 @@ class SourceConfig(_Strict):
     options: dict[str, str] = Field(default_factory=dict)
     """Extra FFmpeg demuxer/protocol options."""
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
-
-    @field_validator("username_env", "password_env")
-    @classmethod
-    def _env_var_set(cls, name: str | None) -> str | None:
-        if name is not None and name not in os.environ:
-            raise ValueError(f"environment variable {name!r} is not set; export it before starting")
-        return name
 
     @field_validator("url")
     @classmethod
@@ -181,8 +177,10 @@ class InferenceConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _known_device(cls, device: str) -> str:
-        if not _DEVICE.fullmatch(device):
-            raise ValueError("expected cpu, cuda or cuda:N (N: the GPU index)")
+        try:
+            parse_device(device)
+        except DeviceError:
+            raise ValueError(DEVICE_RULE) from None
         return device
 
 
@@ -238,11 +236,9 @@ class StreamerConfig(_Strict):
 
     @model_validator(mode="after")
     def _fill_box(self) -> StreamerConfig:
-        """Replace ``{box}`` in MQTT topics by :attr:`box_name` (the sinks know no box)."""
+        """Replace ``{box}`` in sink settings (MQTT topics) by :attr:`box_name` (the sinks know no box)."""
         box = self.box_name
-        sinks = [s.model_copy(update={"topic": s.topic.replace("{box}", box),
-                                      "status_topic": s.status_topic.replace("{box}", box)})
-                 if isinstance(s, MqttSinkConfig) else s for s in self.sinks]
+        sinks = [s.with_box(box) for s in self.sinks]
         object.__setattr__(self, "sinks", sinks)  # frozen model: set once, during validation
         return self
 
@@ -359,7 +355,7 @@ def with_defaults(cfg: StreamerConfig) -> StreamerConfig:
     if not cfg.sources:
         update["sources"] = [demo_source()]
     if not cfg.sinks:
-        update["sinks"] = [JsonlSinkConfig.model_validate({"type": "jsonl", "path": "-"})]
+        update["sinks"] = [parse_sink_spec(DEFAULT_SINK)]
     return cfg.model_copy(update=update) if update else cfg
 
 

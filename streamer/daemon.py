@@ -51,10 +51,11 @@ from streamer.frames import Frame
 from streamer.http import HealthState, HttpServer, start_http_server
 from streamer.inference import InferenceWorker, Publisher, run_pipeline
 from streamer.messages import MessageSpec
-from streamer.metrics import StreamerMetrics
+from streamer.metrics import PipelineStats, StreamerCollector
 from streamer.sdnotify import Notifier, pipeline_alive, watchdog_period
-from streamer.sinks.base import Sink, create_sink
+from streamer.sinks import Sink, create_sink
 from streamer.sources import SourceWorker
+from streamer.stats import DropReason, StreamCounts
 
 if TYPE_CHECKING:
     from streamer.tracking_pipeline import StreamTrackers
@@ -78,7 +79,7 @@ class StartupError(Exception):
 
 @dataclass
 class Stream:
-    """A running source: its config, its queue and its decode thread."""
+    """A running source: its config, its queue and its decode thread (which holds its counters)."""
 
     cfg: SourceConfig
     queue: StreamQueue
@@ -97,7 +98,8 @@ class Daemon:
         self.config_path = config_path
         self.overrides = overrides
         self.registry = registry or CollectorRegistry()
-        self.metrics = StreamerMetrics(self.registry)
+        self.pipeline = PipelineStats()
+        self.collector = StreamerCollector(self.registry, self.pipeline)
         self.phase = Phase.STARTUP
         self.forced = False
         """True after a second SIGINT: the caller must exit at once (``os._exit``)."""
@@ -116,7 +118,6 @@ class Daemon:
         self._stop_requested = False
         self._reload_requested = False
         self._interrupts = 0
-        self._dropped = 0
         self._watchdog = watchdog_period()
         self._withholding = False
 
@@ -156,7 +157,8 @@ class Daemon:
             except OSError as err:
                 raise StartupError(f"{err.strerror or err} (--metrics-address overrides it; off disables it)") from err
         for sink_cfg in self.cfg.sinks:
-            sink = create_sink(sink_cfg, self.metrics)
+            sink = create_sink(sink_cfg)
+            self.collector.watch_sink(sink)
             await sink.start()
             self.sinks.append(sink)
         inf = self.cfg.inference
@@ -165,21 +167,21 @@ class Daemon:
             runner = await asyncio.to_thread(_load_runner, inf.model, inf.device, inf.backend, inf.mask_threshold)
         info = runner.info
         log.info("model %s loaded (%s on %s)", info.name, info.backend, info.device)
-        self.metrics.set_info(streamer.__version__, info.backend, info.device, info.name)
-        self._worker = InferenceWorker(runner, self.metrics)
+        self.collector.set_info(streamer.__version__, info.backend, info.device, info.name)
+        self._worker = InferenceWorker(runner, self.pipeline)
         spec = MessageSpec(info.class_names, frozenset(s.encoding for s in self.sinks),
                            inf.score_threshold, inf.mask_threshold, box=self.cfg.box_name)
         if self.cfg.tracking.enabled:
             from streamer.tracking_pipeline import StreamTrackers
 
-            self._trackers = StreamTrackers(self.cfg.tracking, self._frame_time, self.metrics)
-        self._publisher = Publisher(self.sinks, spec, self.metrics, inf.postprocess_workers,
-                                    inf.max_batches_in_flight, active=self.streams.__contains__,
+            self._trackers = StreamTrackers(self.cfg.tracking, self._frame_time)
+        self._publisher = Publisher(self.sinks, spec, self.pipeline, inf.postprocess_workers,
+                                    inf.max_batches_in_flight, counts_of=self._counts_of,
                                     trackers=self._trackers)
-        self.metrics.watch_queue("publish", self._publisher.in_flight)
-        self.metrics.watch_queue("frames", self._batcher.pending)
+        self.collector.watch_queue("publish", self._publisher.in_flight)
+        self.collector.watch_queue("frames", self._batcher.pending)
         self._pipeline = asyncio.create_task(
-            run_pipeline(self._batcher, self._worker, self._publisher, self.metrics), name="pipeline")
+            run_pipeline(self._batcher, self._worker, self._publisher), name="pipeline")
         for source in self.cfg.sources:
             self._start_stream(source)
         self.health.model_loaded = True
@@ -230,7 +232,7 @@ class Daemon:
             stream.worker.stop()
         self._batcher.close()
         waiting = (self._batcher.pending(), self._publisher.in_flight() if self._publisher else 0,
-                   self._publisher.published_total() if self._publisher else 0)
+                   self._published_total())
         code = 0
         pipeline = self._pipeline
         if pipeline is not None and not await self._until(asyncio.shield(pipeline), deadline - loop.time()):
@@ -253,13 +255,9 @@ class Daemon:
 
     def _drain_summary(self, frames: int, batches: int, published_before: int) -> str:
         """What draining handled and what each sink delivered in all, for the ``drained:`` line."""
-        published = self._publisher.published_total() if self._publisher else 0
-
-        def count(metric: str, sink: str) -> int:
-            return int(self.registry.get_sample_value(metric, {"sink": sink}) or 0)
-
-        sinks = "; ".join(f"sink {s.name}: {count('streamer_sink_messages_sent_total', s.name)} sent, "
-                          f"{count('streamer_sink_messages_dropped_total', s.name)} dropped" for s in self.sinks)
+        published = self._published_total()
+        counted = [(s.name, s.stats.snapshot()) for s in self.sinks]
+        sinks = "; ".join(f"sink {name}: {c.sent} sent, {c.dropped} dropped" for name, c in counted)
         return (f"{frames} queued frame(s) and {batches} batch(es) in flight at the start; "
                 f"{published - published_before} frame(s) published while draining, {published} in all"
                 f"{'; ' + sinks if sinks else ''}")
@@ -274,26 +272,30 @@ class Daemon:
 
     # -- streams --------------------------------------------------------------------------------
 
-    def _start_stream(self, cfg: SourceConfig, start_index: int = 0) -> None:
+    def _start_stream(self, cfg: SourceConfig, start_index: int = 0, counts: StreamCounts | None = None) -> None:
+        """Start a stream's decode thread; ``counts``: the counters of the stream it replaces."""
         loop = asyncio.get_running_loop()
-        self.metrics.init_stream(cfg.name)
         queue = self._batcher.new_queue(cfg.name, cfg.drops_frames)
         stop = threading.Event()
-        worker = SourceWorker(cfg, LoopHandoff(loop, queue, stop), self.metrics, start_index)
+        worker = SourceWorker(cfg, LoopHandoff(loop, queue, stop), counts=counts, cpu=self.pipeline.cpu,
+                              start_index=start_index)
         self.streams[cfg.name] = Stream(cfg, queue, worker)
-        self.metrics.watch_queue(f"stream:{cfg.name}", queue.__len__)
+        self.collector.watch_stream(cfg.name, worker)
+        self.collector.watch_queue(f"stream:{cfg.name}", queue.__len__)
         worker.start()
 
-    def _stop_stream(self, name: str, forget: bool) -> int:
-        """Stop a stream (its thread ends in the background); the next frame index."""
+    def _stop_stream(self, name: str, forget: bool) -> SourceWorker:
+        """Stop a stream (its thread ends in the background); its worker (next frame index, counters).
+
+        ``forget``: the stream is removed, and its series with it.
+        """
         stream = self.streams[name]
         stream.worker.stop()
         self._batcher.remove_queue(name)  # queued frames count as dropped ("shutdown")
         del self.streams[name]
         if forget:
-            self.metrics.remove_stream(name)
-            self.metrics.queue_depth.remove(f"stream:{name}")
-        return stream.worker.next_index
+            self.collector.forget_stream(name)
+        return stream.worker
 
     async def _reload(self) -> None:
         if self.config_path is None:
@@ -315,10 +317,10 @@ class Daemon:
             if self._trackers is not None:
                 self._trackers.drop(name)
         for name in changed:
-            first = self._stop_stream(name, forget=False)
-            self._start_stream(wanted[name], start_index=first)
+            stopped = self._stop_stream(name, forget=False)
+            self._start_stream(wanted[name], start_index=stopped.next_index, counts=stopped.counts)
             if self._trackers is not None:
-                self._trackers.restart(name, first)
+                self._trackers.restart(name, stopped.next_index)
         for name in added:
             self._start_stream(wanted[name])
         ignored = [k for k in StreamerConfig.model_fields
@@ -337,12 +339,26 @@ class Daemon:
 
     def status_line(self) -> str:
         """One-line summary for ``STATUS=``, e.g. ``running; 2/3 streams up (1 backoff); 5120
-        frames published, 12 dropped, 3 queued``."""
+        frames published, 12 dropped, 3 queued``.
+
+        Published and dropped frames are summed over the running streams' counters, the ones
+        ``/metrics`` reads (``streamer_frames_published_total``, ``streamer_frames_dropped_total``).
+        """
         others = Counter(s.worker.state or "new" for s in self.streams.values() if s.worker.state != "up")
         detail = f" ({', '.join(f'{n} {state}' for state, n in sorted(others.items()))})" if others else ""
-        published = self._publisher.published_total() if self._publisher else 0
+        counts = [s.worker.counts.snapshot() for s in self.streams.values()]
+        published = sum(c.published for c in counts)
+        dropped = sum(c.dropped_total for c in counts)
         return (f"{self.phase.value}; {self.streams_up()}/{len(self.streams)} streams up{detail}; "
-                f"{published} frames published, {self._dropped} dropped, {self._batcher.pending()} queued")
+                f"{published} frames published, {dropped} dropped, {self._batcher.pending()} queued")
+
+    def _published_total(self) -> int:
+        """Frames published by the running streams (``sum(streamer_frames_published_total)``)."""
+        return sum(s.worker.counts.snapshot().published for s in self.streams.values())
+
+    def _counts_of(self, name: str) -> StreamCounts | None:
+        stream = self.streams.get(name)
+        return stream.worker.counts if stream is not None else None
 
     def _frame_time(self, frame: Frame) -> float | None:
         """Tracking time of a frame (s): pts for file sources (a loop restarts it: tracks end),
@@ -350,10 +366,10 @@ class Daemon:
         stream = self.streams.get(frame.stream)
         return frame.pts if stream is not None and stream.cfg.kind == "file" else frame.capture_time
 
-    def _count_drop(self, frame: Frame, reason: str) -> None:
-        self._dropped += 1
-        if frame.stream in self.streams:
-            self.metrics.frames_dropped.labels(stream=frame.stream, reason=reason).inc()
+    def _count_drop(self, frame: Frame, reason: DropReason) -> None:
+        counts = self._counts_of(frame.stream)
+        if counts is not None:
+            counts.count_drop(reason)
 
     def _pipeline_alive(self, now: float) -> bool:
         w = self._worker

@@ -15,6 +15,12 @@ in frame order. Tracking needs that order (a stream's tracker must see its frame
 the other), so it runs in the ordered publish step, not on the postprocessing pool: under a
 millisecond per frame (docs/performance.md), on the loop thread. ``max_batches_in_flight`` bounds the batches between inference and publishing:
 when postprocessing falls behind, inference waits (and live queues drop their oldest frames).
+
+The stages count into plain state: each stream's :class:`~streamer.stats.StreamCounts` (frames
+inferred, published, dropped for ``inference_error``, instances, tracks), looked up by stream name
+(``counts_of``; None for a stream removed meanwhile, whose frames are then not published), and the
+pipeline's :class:`~streamer.metrics.PipelineStats` (CPU per stage, latency and batch-size
+histograms). The metrics collector reads both at scrape time.
 """
 
 from __future__ import annotations
@@ -32,26 +38,30 @@ from engines.runner import Detections, Runner
 from streamer.batching import Batcher
 from streamer.frames import Frame
 from streamer.messages import FrameResult, MessageSpec, batch_results
+from streamer.metrics import PipelineStats
 from streamer.schema import class_name
+from streamer.stats import DropReason, StageCpu, StreamCounts
 
 if TYPE_CHECKING:
-    from streamer.metrics import StreamerMetrics
     from streamer.sinks.base import Sink
     from streamer.tracking_pipeline import StreamTrackers
 
 log = logging.getLogger("streamer.inference")
+
+CountsOf = Callable[[str], "StreamCounts | None"]
+"""The counters of a running stream by name; None once the stream is removed."""
 
 
 class InferenceWorker:
     """Runs ``runner.infer`` on one dedicated thread (a runner is not thread-safe).
 
     ``busy_since`` and ``last_completed`` (``time.monotonic()``) tell the systemd watchdog
-    whether inference still moves.
+    whether inference still moves. Each call is recorded in ``stats``: latency, batch size, CPU.
     """
 
-    def __init__(self, runner: Runner, metrics: StreamerMetrics) -> None:
+    def __init__(self, runner: Runner, stats: PipelineStats) -> None:
         self.runner = runner
-        self.metrics = metrics
+        self.stats = stats
         device = runner.info.device.replace(":", "")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{device}")
         self.busy_since: float | None = None
@@ -70,9 +80,9 @@ class InferenceWorker:
     def _infer(self, images: list[Any]) -> list[Detections]:
         start, cpu = time.perf_counter(), time.thread_time()
         dets = self.runner.infer(images)
-        self.metrics.inference_latency.observe(time.perf_counter() - start)
-        self.metrics.stage_cpu.labels("inference").inc(time.thread_time() - cpu)
-        self.metrics.batch_size.observe(len(images))
+        self.stats.inference_latency.observe(time.perf_counter() - start)
+        self.stats.cpu.add("inference", time.thread_time() - cpu)
+        self.stats.batch_size.observe(len(images))
         if len(dets) != len(images):
             raise RuntimeError(f"runner returned {len(dets)} detections for {len(images)} frames")
         return dets
@@ -95,35 +105,30 @@ class InferenceWorker:
 
 
 def _postprocess(frames: Sequence[Frame], dets: Sequence[Detections], spec: MessageSpec,
-                 metrics: StreamerMetrics, need_masks: bool = False) -> list[FrameResult]:
+                 cpu: StageCpu, need_masks: bool = False) -> list[FrameResult]:
     start = time.thread_time()
     try:
         return batch_results(frames, dets, spec, need_masks)
     finally:
-        metrics.stage_cpu.labels("postprocess").inc(time.thread_time() - start)
+        cpu.add("postprocess", time.thread_time() - start)
 
 
 class Publisher:
     """Postprocesses batches on a thread pool and publishes them to every sink, in batch order."""
 
-    def __init__(self, sinks: Sequence[Sink], spec: MessageSpec, metrics: StreamerMetrics,
-                 workers: int, max_in_flight: int, active: Callable[[str], bool],
+    def __init__(self, sinks: Sequence[Sink], spec: MessageSpec, stats: PipelineStats,
+                 workers: int, max_in_flight: int, counts_of: CountsOf,
                  trackers: StreamTrackers | None = None) -> None:
         self.sinks = list(sinks)
         self.trackers = trackers
         """Per-stream trackers, run in publish order (None: messages carry no ``track_id``)."""
-        self.active = active
-        """Whether a stream still exists: frames of streams removed meanwhile are not published."""
+        self.counts_of = counts_of
+        """A stream's counters; None for a stream removed meanwhile: its frames are not published."""
         self.spec = spec
-        self.metrics = metrics
+        self.stats = stats
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="post")
         self._pending: asyncio.Queue[tuple[list[Frame], asyncio.Future[Any]] | None] = (
             asyncio.Queue(max_in_flight))
-        self.published: Counter[str] = Counter()
-        """Frames published per stream."""
-
-    def published_total(self) -> int:
-        return sum(self.published.values())
 
     def in_flight(self) -> int:
         """Batches inferred but not yet published."""
@@ -132,10 +137,9 @@ class Publisher:
     async def submit(self, frames: list[Frame], dets: list[Detections]) -> None:
         """Start postprocessing a batch; waits while ``max_in_flight`` batches are pending."""
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, _postprocess, frames, dets, self.spec, self.metrics,
+        fut = loop.run_in_executor(self._pool, _postprocess, frames, dets, self.spec, self.stats.cpu,
                                    self.trackers is not None)
         await self._pending.put((frames, fut))
-        self.metrics.queue_depth.labels(queue="publish").set(self._pending.qsize())
 
     async def finish(self) -> None:
         """No more batches: :meth:`run` returns after publishing the pending ones."""
@@ -145,56 +149,56 @@ class Publisher:
         """Publish pending batches in submission order until :meth:`finish`."""
         while (item := await self._pending.get()) is not None:
             frames, fut = item
-            self.metrics.queue_depth.labels(queue="publish").set(self._pending.qsize())
             try:
                 results: list[FrameResult] = await fut
             except Exception:
                 log.exception("postprocessing a batch of %d frames failed; frames dropped", len(frames))
-                for f in frames:
-                    if self.active(f.stream):
-                        self.metrics.frames_dropped.labels(stream=f.stream, reason="inference_error").inc()
+                count_drops(frames, self.counts_of, "inference_error")
                 continue
             start = time.thread_time()
             for frame, result in zip(frames, results, strict=True):
-                if self.active(frame.stream):
-                    self._publish(frame, result)
-            self.metrics.stage_cpu.labels("publish").inc(time.thread_time() - start)
+                counts = self.counts_of(frame.stream)
+                if counts is not None:
+                    self._publish(frame, result, counts)
+            self.stats.cpu.add("publish", time.thread_time() - start)
         self._pool.shutdown(wait=False)
 
-    def _publish(self, frame: Frame, result: FrameResult) -> None:
+    def _publish(self, frame: Frame, result: FrameResult, counts: StreamCounts) -> None:
         if self.trackers is not None:
-            self.trackers.track(frame, result)
+            start = time.thread_time()
+            tracked = self.trackers.track(frame, result)
+            self.stats.cpu.add("track", time.thread_time() - start)
+            counts.set_tracks(tracked.active, tracked.started)
         for sink in self.sinks:
             sink.publish(result.messages[sink.encoding])
-        self.published[frame.stream] += 1
-        m = self.metrics
-        m.frames_published.labels(stream=frame.stream).inc()
-        m.end_to_end_latency.labels(stream=frame.stream).observe(max(0.0, time.time() - frame.capture_time))
         classes = Counter(class_name(self.spec.class_names, label) for label in result.detections.labels.tolist())
-        for name, count in classes.items():
-            m.instances.labels(stream=frame.stream, **{"class": name}).inc(count)
-        for reason, count in result.dropped.items():
-            m.instances_dropped.labels(stream=frame.stream, reason=reason).inc(count)
+        counts.count_published(classes, result.dropped)
+        self.stats.end_to_end_latency.labels(frame.stream).observe(max(0.0, time.time() - frame.capture_time))
 
 
-async def run_pipeline(batcher: Batcher, worker: InferenceWorker, publisher: Publisher,
-                       metrics: StreamerMetrics) -> None:
+def count_drops(frames: Sequence[Frame], counts_of: CountsOf, reason: DropReason) -> None:
+    """Count each frame of a still running stream as dropped for ``reason``."""
+    for f in frames:
+        counts = counts_of(f.stream)
+        if counts is not None:
+            counts.count_drop(reason)
+
+
+async def run_pipeline(batcher: Batcher, worker: InferenceWorker, publisher: Publisher) -> None:
     """Batch → infer → submit until the batcher is closed and empty, then flush the publisher."""
     publishing = asyncio.create_task(publisher.run(), name="publish")
     try:
         while (batch := await batcher.next_batch()) is not None:
-            metrics.queue_depth.labels(queue="frames").set(batcher.pending())
             try:
                 dets = await worker.infer(batch)
             except Exception:
                 log.exception("inference of a batch of %d frames failed; frames dropped", len(batch))
-                for f in batch:
-                    if publisher.active(f.stream):
-                        metrics.frames_dropped.labels(stream=f.stream, reason="inference_error").inc()
+                count_drops(batch, publisher.counts_of, "inference_error")
                 continue
             for f in batch:
-                if publisher.active(f.stream):
-                    metrics.frames_inferred.labels(stream=f.stream).inc()
+                counts = publisher.counts_of(f.stream)
+                if counts is not None:
+                    counts.count_inferred()
             await publisher.submit(batch, dets)
     finally:
         await publisher.finish()

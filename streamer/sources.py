@@ -8,14 +8,16 @@ each one to the asyncio loop through :class:`~streamer.batching.LoopHandoff` (in
 bounded :class:`~streamer.batching.StreamQueue`). ``stop()`` sets a ``threading.Event``;
 ``join()`` waits for the thread.
 
-Stream states, logged on each transition and exported as ``streamer_stream_state``::
+Stream states, logged on each transition; :attr:`SourceWorker.state` is the current one (the
+metrics collector reads it as ``streamer_stream_state``), :attr:`SourceWorker.counts` the stream's
+counters (:class:`streamer.stats.StreamCounts`)::
 
     connecting ──► up ──► (error, EOF of a live stream, stall) ──► backoff ──► connecting ...
          │          └──► ended   (end of a non-looping file)
          └──► failed             (a file that does not decode; max_attempts reached)
 
 Reconnection waits ``uniform(0, min(max_delay, initial_delay * 2**attempt))`` (exponential
-backoff with full jitter, never a tight loop); a connection that delivered frames for
+backoff with full jitter, :func:`streamer.backoff.backoff_delay`); a connection that delivered frames for
 ``healthy_after_s`` resets ``attempt``. The stall watchdog: no packet for ``stall_timeout_s``
 (PyAV's read timeout, plus :func:`guard_stalls`: FFmpeg answers the first read timeout with the
 packet its parser held back, so without it a stall took twice the setting), or packets that yield
@@ -38,13 +40,14 @@ import av.container
 import numpy as np
 import numpy.typing as npt
 
+from streamer.backoff import backoff_delay
 from streamer.batching import LoopHandoff
 from streamer.config import SourceConfig
 from streamer.decode import StallError, decode_video
 from streamer.frames import Frame
 from streamer.media import MediaError, MediaReader, open_media
-from streamer.metrics import StreamerMetrics, StreamState
 from streamer.redact import redact_url
+from streamer.stats import StageCpu, StreamCounts, StreamState
 
 log = logging.getLogger("streamer.sources")
 
@@ -87,29 +90,35 @@ def _stall_reason(timeout: float) -> str:
     return f"stalled: no data for {timeout:g} s (stall_timeout_s)"
 
 
-def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
-    """Full-jitter exponential backoff: uniform in ``[0, min(max_s, initial_s * 2**attempt)]`` seconds."""
-    return rng.uniform(0.0, min(max_s, initial_s * 2.0 ** min(attempt, 32)))
-
-
 class SourceWorker:
-    """The decode thread of one source. Thread-safe: ``state``, ``next_index``, ``stop()``."""
+    """The decode thread of one source. Thread-safe: ``state``, ``next_index``, ``stop()``.
+
+    ``counts`` are the stream's counters (a source restarted by a reload gets its predecessor's,
+    so they keep counting); ``cpu`` receives this thread's CPU time (stage ``decode``);
+    ``on_state(stream, state)`` is called on the decode thread at each state transition.
+    """
 
     def __init__(
         self,
         cfg: SourceConfig,
         handoff: LoopHandoff,
-        metrics: StreamerMetrics,
+        *,
+        counts: StreamCounts | None = None,
+        cpu: StageCpu | None = None,
         start_index: int = 0,
         rng: random.Random | None = None,
+        on_state: Callable[[str, StreamState], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.display_url = redact_url(cfg.url)
         self.handoff = handoff
-        self.metrics = metrics
+        self.counts = counts or StreamCounts()
+        self.cpu = cpu or StageCpu()
         self.next_index = start_index
         self.state: StreamState | None = None
+        """None until the thread starts, then the current state."""
+        self._on_state = on_state
         self.stop_event = handoff.stop
         self._rng = rng or random.Random()
         self._hwaccel = cfg.hwaccel
@@ -156,7 +165,7 @@ class SourceWorker:
                 except (av.FFmpegError, OSError, StallError, ValueError, MediaError) as err:
                     if self.stop_event.is_set():
                         break
-                    self.metrics.decode_errors.labels(stream=self.name).inc()
+                    self.counts.count_decode_error()
                     reason = self._describe(err)
                     if self.cfg.kind == "file":
                         self._set_state("failed", reason)
@@ -172,7 +181,7 @@ class SourceWorker:
                 delay = backoff_delay(attempt - 1, self.cfg.reconnect.initial_delay_s,
                                       self.cfg.reconnect.max_delay_s, self._rng)
                 self._set_state("backoff", f"{reason}; retry {attempt} in {delay:.2f} s")
-                self.metrics.reconnects.labels(stream=self.name).inc()
+                self.counts.count_reconnect()
                 if self.stop_event.wait(delay):
                     break
             if self.state != "failed":
@@ -278,11 +287,11 @@ class SourceWorker:
         if self.stop_event.is_set():
             return False
         cpu = time.thread_time()  # this thread's CPU since the last frame: demux, decode, RGB
-        self.metrics.stage_cpu.labels("decode").inc(cpu - self._cpu_mark)
+        self.cpu.add("decode", cpu - self._cpu_mark)
         self._cpu_mark = cpu
         self._last_frame = time.monotonic()
         frame = Frame(self.name, self.display_url, self.next_index, pts, time.time(), self._last_frame, image)
-        self.metrics.frames_decoded.labels(stream=self.name).inc()
+        self.counts.count_decoded()
         self._count_fps(pts)
         if not self.handoff.deliver(frame):
             return False
@@ -290,7 +299,7 @@ class SourceWorker:
         return True
 
     def _count_fps(self, pts: float | None) -> None:
-        """Update ``streamer_stream_input_fps`` about once a second: frames over the time they span.
+        """Update the input rate (``streamer_stream_input_fps``) about once a second: frames over the time they span.
 
         Live sources are measured in media time (their timestamps): right after a (re)connect
         FFmpeg hands over the packets it buffered while probing in a burst, which is not the
@@ -307,7 +316,7 @@ class SourceWorker:
         if now - start >= 1.0:
             span = media - media_start if media is not None and media_start is not None else now - start
             if span > 0:
-                self.metrics.input_fps.labels(stream=self.name).set(count / span)
+                self.counts.set_input_fps(count / span)
             start, media_start, count = now, media, 0
         self._fps_window = (start, media_start, count)
 
@@ -315,8 +324,8 @@ class SourceWorker:
         if state == self.state:
             return
         previous, self.state = self.state, state
-        if not self.stop_event.is_set():  # a stopped (maybe removed) stream keeps its series as they are
-            self.metrics.set_stream_state(self.name, state)
+        if self._on_state is not None:
+            self._on_state(self.name, state)
         level = logging.WARNING if state in ("backoff", "failed") else logging.INFO
         log.log(level, "stream %s: %s -> %s (%s)%s", self.name, previous or "new", state,
                 self.display_url, f": {detail}" if detail else "")

@@ -7,12 +7,14 @@ consumer. Each sink therefore owns
   the OLDEST message is discarded and counted in ``streamer_sink_messages_dropped_total``;
 - one worker thread that drains the buffer: serializes each message (:func:`streamer.schema.dumps`)
   and hands it to the transport, (re)connecting with exponential backoff and jitter
-  (:func:`backoff_delay`) while the peer is away, counting every error;
+  (:func:`streamer.backoff.backoff_delay`) while the peer is away, counting every error;
 - ``close(timeout)``: the worker flushes what is buffered for at most ``timeout`` seconds, then the
   rest is counted as dropped and the transport is closed.
 
 Subclasses implement the transport in three hooks that run on the worker thread only:
 :meth:`BufferedSink._open`, :meth:`BufferedSink._send`, :meth:`BufferedSink._close_transport`.
+What a sink did is counted in its :attr:`Sink.stats` (:class:`streamer.stats.SinkCounts`), which
+the metrics collector reads at scrape time.
 """
 
 from __future__ import annotations
@@ -20,16 +22,15 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import random
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
 from typing import Any
 
-from streamer.metrics import StreamerMetrics
-from streamer.schema import MaskEncoding
-from streamer.sinks.config import JsonlSinkConfig, MqttSinkConfig, SinkConfig, ZmqSinkConfig
+from streamer.backoff import backoff_delay
+from streamer.encodings import MaskEncoding
+from streamer.stats import SinkCounts
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class Sink(ABC):
     """Label in logs and metrics, e.g. ``mqtt:127.0.0.1:1883/maskrcnn/{stream}/frames``; no secrets."""
     encoding: MaskEncoding
     """The mask encoding of the messages this sink wants (the daemon builds one message per encoding)."""
+    stats: SinkCounts
+    """Messages sent, dropped, errors, and whether connected."""
 
     @abstractmethod
     async def start(self) -> None:
@@ -58,6 +61,10 @@ class Sink(ABC):
     @abstractmethod
     async def close(self, timeout: float) -> None:
         """Flush what is buffered for at most ``timeout`` seconds, then close the transport."""
+
+    @abstractmethod
+    def depth(self) -> int:
+        """Messages waiting in the sink's buffer."""
 
 
 class Delivery(enum.Enum):
@@ -75,16 +82,6 @@ class Disconnected(Exception):
     """Raised by :meth:`BufferedSink._send` when the transport is broken and must be reopened."""
 
 
-def backoff_delay(attempt: int, initial: float = BACKOFF_INITIAL_S, cap: float = BACKOFF_MAX_S,
-                  rng: random.Random | None = None) -> float:
-    """Seconds to wait before reconnect attempt ``attempt`` (0-based): ``min(cap, initial * 2**attempt)``
-    scaled by a uniform jitter factor in [0.5, 1), so that many clients do not retry in lockstep."""
-    if attempt < 0:
-        raise ValueError(f"attempt must be >= 0, got {attempt}")
-    ceiling = min(cap, initial * 2.0 ** min(attempt, 62))
-    return ceiling * (0.5 + 0.5 * (rng or random).random())
-
-
 def stream_of(msg: dict[str, Any]) -> str:
     """The stream name of a frame message (``stream``, added by the daemon, else ``source``)."""
     return str(msg.get("stream") or msg.get("source") or "")
@@ -93,21 +90,19 @@ def stream_of(msg: dict[str, Any]) -> str:
 class BufferedSink(Sink):
     """A :class:`Sink` with a bounded drop-oldest buffer drained by one worker thread."""
 
-    def __init__(self, name: str, encoding: MaskEncoding, capacity: int, metrics: StreamerMetrics) -> None:
+    def __init__(self, name: str, encoding: MaskEncoding, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"sink buffer must hold at least 1 message, got {capacity}")
         self.name = name
         self.encoding = encoding
         self.capacity = capacity
-        self._metrics = metrics
+        self.stats = SinkCounts()
         self._buffer: deque[dict[str, Any]] = deque()
         self._cond = threading.Condition()
         self._wake = threading.Event()  # set by transports when a refused message may now go
         self._stopping = False
         self._deadline = float("inf")  # time.monotonic() after which close() stops flushing
         self._thread: threading.Thread | None = None
-        metrics.init_sink(name)
-        metrics.watch_queue(f"sink:{name}", self.depth)
 
     # -- the Sink interface -------------------------------------------------------------------
 
@@ -121,11 +116,11 @@ class BufferedSink(Sink):
         try:
             with self._cond:
                 if self._stopping:
-                    self._metrics.sink_dropped.labels(self.name).inc()
+                    self.stats.count_dropped()
                     return
                 if len(self._buffer) >= self.capacity:
                     self._buffer.popleft()
-                    self._metrics.sink_dropped.labels(self.name).inc()
+                    self.stats.count_dropped()
                 self._buffer.append(msg)
                 self._cond.notify()
         except Exception:  # publish() must never raise into the daemon
@@ -146,7 +141,7 @@ class BufferedSink(Sink):
             if thread.is_alive():
                 log.warning("sink %s: worker still busy %.1f s after close; abandoning it",
                             self.name, timeout + 1.0)
-        self._metrics.sink_connected.labels(self.name).set(0)
+        self.stats.set_connected(False)
 
     def depth(self) -> int:
         """Messages waiting in the buffer."""
@@ -172,7 +167,7 @@ class BufferedSink(Sink):
         return True
 
     def _set_connected(self, connected: bool) -> None:
-        self._metrics.sink_connected.labels(self.name).set(1 if connected else 0)
+        self.stats.set_connected(connected)
 
     # -- the worker ---------------------------------------------------------------------------
 
@@ -187,8 +182,8 @@ class BufferedSink(Sink):
                     self._open()
                     opened = True
                 except Exception as err:
-                    self._metrics.sink_errors.labels(self.name).inc()
-                    delay = backoff_delay(attempt)
+                    self.stats.count_error()
+                    delay = backoff_delay(attempt, BACKOFF_INITIAL_S, BACKOFF_MAX_S)
                     log.warning("sink %s: cannot connect (%s); retrying in %.1f s", self.name, err, delay)
                     attempt += 1
                     self._sleep(delay)
@@ -199,8 +194,8 @@ class BufferedSink(Sink):
             try:
                 result = self._send(msg)
             except Disconnected as err:
-                self._metrics.sink_errors.labels(self.name).inc()
-                delay = backoff_delay(attempt)
+                self.stats.count_error()
+                delay = backoff_delay(attempt, BACKOFF_INITIAL_S, BACKOFF_MAX_S)
                 log.warning("sink %s: connection lost (%s); reconnecting in %.1f s", self.name, err, delay)
                 self._requeue(msg)
                 self._set_connected(False)
@@ -210,7 +205,7 @@ class BufferedSink(Sink):
                 self._sleep(delay)
                 continue
             except Exception:
-                self._metrics.sink_errors.labels(self.name).inc()
+                self.stats.count_error()
                 log.exception("sink %s: message could not be sent; discarded", self.name)
                 continue
             if result is Delivery.RETRY:
@@ -221,7 +216,7 @@ class BufferedSink(Sink):
                 self._wake.clear()
                 continue
             if result is Delivery.SENT:
-                self._metrics.sink_sent.labels(self.name).inc()
+                self.stats.count_sent()
             attempt = 0
         while opened and not self._flushed() and time.monotonic() < self._deadline:
             self._wake.wait(RETRY_POLL_S)
@@ -242,7 +237,7 @@ class BufferedSink(Sink):
         bound holds for it too: if newer messages filled the buffer meanwhile, it is dropped."""
         with self._cond:
             if len(self._buffer) >= self.capacity:
-                self._metrics.sink_dropped.labels(self.name).inc()
+                self.stats.count_dropped()
             else:
                 self._buffer.appendleft(msg)
 
@@ -256,21 +251,6 @@ class BufferedSink(Sink):
             lost = len(self._buffer)
             self._buffer.clear()
         if lost:
-            self._metrics.sink_dropped.labels(self.name).inc(lost)
+            self.stats.count_dropped(lost)
             log.warning("sink %s: %d message(s) not delivered before close; dropped", self.name, lost)
 
-
-def create_sink(cfg: SinkConfig, metrics: StreamerMetrics) -> Sink:
-    """The sink for one ``[[sinks]]`` entry (not started: ``await sink.start()``)."""
-    # Imported here: the transports subclass BufferedSink from this module.
-    from streamer.sinks.jsonl import JsonlSink
-    from streamer.sinks.mqtt import MqttSink
-    from streamer.sinks.zmq import ZmqSink
-
-    if isinstance(cfg, JsonlSinkConfig):
-        return JsonlSink(cfg, metrics)
-    if isinstance(cfg, MqttSinkConfig):
-        return MqttSink(cfg, metrics)
-    if isinstance(cfg, ZmqSinkConfig):
-        return ZmqSink(cfg, metrics)
-    raise TypeError(f"no sink for config type {type(cfg).__name__}; expected one of SinkConfig")

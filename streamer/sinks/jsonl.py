@@ -7,6 +7,8 @@ of its own. Every line is flushed as written, so ``tail -F PATH`` follows it.
 
 (``logging.handlers.RotatingFileHandler`` is built around log records and with ``backupCount=0``
 never truncates; the rotation here is the few lines below.)
+
+Config: ``type = "jsonl"``, ``path`` (``-``: stdout), ``max_bytes``, ``backups``; ``--sink jsonl:PATH``.
 """
 
 from __future__ import annotations
@@ -14,14 +16,63 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import IO, Any
+from pathlib import Path
+from typing import IO, Any, Literal
 
-from streamer.metrics import StreamerMetrics
-from streamer.schema import dumps
+from pydantic import Field, field_validator
+
+from streamer.frame_json import dumps
 from streamer.sinks.base import BufferedSink, Delivery, Disconnected
-from streamer.sinks.config import JsonlSinkConfig
+from streamer.sinks.config import SinkSettings
+from streamer.sinks.registry import SinkType, register_sink
 
 log = logging.getLogger(__name__)
+
+
+class JsonlSinkConfig(SinkSettings):
+    """One JSON message per line, to a size-rotated file or to stdout (``path = "-"``)."""
+
+    type: Literal["jsonl"]
+    path: str = Field(min_length=1)
+    """File path, or ``-`` for stdout. The directory must exist and be writable."""
+    max_bytes: int = Field(default=100 * 1024 * 1024, ge=0)
+    """Rotate before a write would make the file larger than this (0: never rotate)."""
+    backups: int = Field(default=5, ge=0)
+    """Rotated files kept: ``PATH.1`` (newest) … ``PATH.N``."""
+
+    @field_validator("path")
+    @classmethod
+    def _writable(cls, path: str) -> str:
+        problem = None if path == "-" else jsonl_path_problem(path)
+        if problem is not None:
+            raise ValueError(problem)
+        return path
+
+    @property
+    def label(self) -> str:
+        return "jsonl:stdout" if self.path == "-" else f"jsonl:{self.path}"
+
+
+def jsonl_path_problem(path: str) -> str | None:
+    """Why this process could not write the JSONL file ``path``; None if it can.
+
+    Checked when the configuration is loaded (``config check`` and the daemon's start): no retry
+    fixes a missing directory or a missing permission, so it is a configuration error.
+    """
+    target = Path(path)
+    parent = target.parent
+    if target.is_dir():
+        return "is a directory; give a file path inside it (e.g. DIR/frames.jsonl)"
+    if not parent.exists():
+        return f"directory {str(parent)!r} does not exist; create it or choose another path"
+    if not parent.is_dir():
+        return f"{str(parent)!r} is not a directory; choose another path"
+    if target.exists():
+        if not os.access(target, os.W_OK):
+            return "the file exists and is not writable by this user; fix its permissions or choose another path"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        return f"directory {str(parent)!r} is not writable by this user; fix its permissions or choose another path"
+    return None
 
 
 def rotated_path(path: str, index: int) -> str:
@@ -46,8 +97,8 @@ def rotate(path: str, backups: int) -> None:
 class JsonlSink(BufferedSink):
     """Writes each message as one compact JSON line (``streamer.schema.dumps``)."""
 
-    def __init__(self, cfg: JsonlSinkConfig, metrics: StreamerMetrics) -> None:
-        super().__init__(cfg.label, cfg.mask_encoding, cfg.buffer, metrics)
+    def __init__(self, cfg: JsonlSinkConfig) -> None:
+        super().__init__(cfg.label, cfg.mask_encoding, cfg.buffer)
         self.cfg = cfg
         self._file: IO[bytes] | None = None
 
@@ -87,3 +138,11 @@ class JsonlSink(BufferedSink):
             except OSError as err:
                 log.warning("sink %s: closing %s failed: %s", self.name, self.cfg.path, err)
             self._file = None
+
+
+def _from_spec(body: str, options: dict[str, Any]) -> JsonlSinkConfig:
+    return JsonlSinkConfig(type="jsonl", path=body.partition(":")[2], **options)
+
+
+register_sink(SinkType("jsonl", JsonlSinkConfig, JsonlSink, schemes=("jsonl",),
+                       spec_forms=("jsonl:PATH", "jsonl:-"), from_spec=_from_spec))

@@ -11,23 +11,30 @@ acknowledged (QoS 1/2); beyond that, and while disconnected, messages wait in th
 buffer, which drops the oldest. ``streamer_sink_messages_sent_total`` counts messages paho
 reports published (QoS 0: written to the socket; QoS 1/2: acknowledged). QoS 0 messages written
 into a connection that then breaks are counted as dropped; QoS 1/2 ones are resent by paho.
+
+Config: ``type = "mqtt"`` (see :class:`MqttSinkConfig`); ``--sink mqtt[s]://[USER:PASS@]HOST[:PORT][/TOPIC]``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Literal, Self
+from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import Field, SecretStr, StrictBool, field_validator, model_validator
 
-from streamer.metrics import StreamerMetrics
-from streamer.schema import dumps
+from streamer.envvars import EnvVarName
+from streamer.frame_json import dumps
 from streamer.sinks.base import BufferedSink, Delivery, stream_of
-from streamer.sinks.config import MqttSinkConfig
+from streamer.sinks.config import SinkSettings
+from streamer.sinks.registry import SinkType, register_sink, spec_help
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,72 @@ STATUS_ONLINE = "online"
 STATUS_OFFLINE = "offline"
 STATUS_TIMEOUT_S = 2.0
 """Longest wait for the broker to acknowledge the ``offline`` status at close."""
+
+
+class MqttSinkConfig(SinkSettings):
+    """MQTT 3.1.1 publisher (paho-mqtt 2): one message per frame on a per-stream topic."""
+
+    type: Literal["mqtt"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    topic: str = "maskrcnn/{stream}/frames"
+    """Topic template; ``{stream}`` is replaced by the stream name."""
+    qos: int = Field(default=0, ge=0, le=2)
+    """MQTT QoS of frame messages: 0 at most once, 1 at least once, 2 exactly once."""
+    tls: StrictBool = False
+    ca_file: str | None = None
+    """CA bundle for TLS (unset: the system trust store)."""
+    username: str | None = None
+    password: SecretStr | None = None
+    password_env: EnvVarName | None = None
+    """Environment variable holding the password (preferred to ``password``)."""
+    status_topic: str = "maskrcnn/{host}/status"
+    """Retained ``online`` on connect; ``offline`` on clean close and as the last will.
+    ``{host}`` is this machine's host name, so daemons on different hosts sharing a broker do not
+    overwrite each other's status; give two daemons on one host their own."""
+    client_id: str = ""
+    """MQTT client id (empty: the broker assigns one)."""
+    keepalive: int = Field(default=30, ge=5, le=65535)
+    """Seconds between pings; the broker publishes the last will after 1.5x this without traffic."""
+
+    @field_validator("topic", "status_topic")
+    @classmethod
+    def _no_wildcards(cls, topic: str) -> str:
+        if not topic or "+" in topic or "#" in topic or "\0" in topic:
+            raise ValueError(f"a publish topic must be non-empty without '+', '#' or NUL, got {topic!r}")
+        return topic
+
+    @model_validator(mode="after")
+    def _credentials(self) -> MqttSinkConfig:
+        if self.password is not None and self.password_env is not None:
+            raise ValueError("give either password or password_env, not both")
+        if (self.password is not None or self.password_env is not None) and self.username is None:
+            raise ValueError("a password needs a username")
+        if self.ca_file is not None and not self.tls:
+            raise ValueError("ca_file applies to TLS connections only; set tls = true")
+        return self
+
+    def with_box(self, box: str) -> Self:
+        """``{box}`` in ``topic`` and ``status_topic`` replaced by the fleet box name."""
+        return self.model_copy(update={"topic": self.topic.replace("{box}", box),
+                                       "status_topic": self.status_topic.replace("{box}", box)})
+
+    @property
+    def resolved_status_topic(self) -> str:
+        """``status_topic`` with ``{host}`` replaced by this machine's host name (MQTT-safe)."""
+        host = socket.gethostname() or "localhost"
+        return self.status_topic.replace("{host}", host.replace("/", "_").replace("+", "_").replace("#", "_"))
+
+    @property
+    def label(self) -> str:
+        scheme = "mqtts" if self.tls else "mqtt"
+        return f"{scheme}:{self.host}:{self.port}/{self.topic}"
+
+    def resolved_password(self) -> str | None:
+        """The broker password from ``password`` or the ``password_env`` variable. Secret."""
+        if self.password_env is not None:
+            return os.environ.get(self.password_env)
+        return self.password.get_secret_value() if self.password is not None else None
 
 
 def topic_for(template: str, stream: str) -> str:
@@ -49,8 +122,8 @@ def topic_for(template: str, stream: str) -> str:
 class MqttSink(BufferedSink):
     """Publishes frame messages to an MQTT broker; see the module docstring for the guarantees."""
 
-    def __init__(self, cfg: MqttSinkConfig, metrics: StreamerMetrics) -> None:
-        super().__init__(cfg.label, cfg.mask_encoding, cfg.buffer, metrics)
+    def __init__(self, cfg: MqttSinkConfig) -> None:
+        super().__init__(cfg.label, cfg.mask_encoding, cfg.buffer)
         self.cfg = cfg
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
@@ -111,7 +184,7 @@ class MqttSink(BufferedSink):
         with self._lock:
             unconfirmed, self._completed = self._accepted - self._completed, self._accepted
         if unconfirmed > 0:
-            self._metrics.sink_dropped.labels(self.name).inc(unconfirmed)
+            self.stats.count_dropped(unconfirmed)
         if self._connected.is_set():
             remaining = self._deadline - time.monotonic()
             try:
@@ -136,7 +209,7 @@ class MqttSink(BufferedSink):
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
                     reason_code: ReasonCode, properties: Any) -> None:
         if reason_code.is_failure:
-            self._metrics.sink_errors.labels(self.name).inc()
+            self.stats.count_error()
             log.warning("sink %s: broker refused the connection: %s", self.name, reason_code)
             return
         info = client.publish(self._status_topic, STATUS_ONLINE, qos=1, retain=True)
@@ -148,7 +221,7 @@ class MqttSink(BufferedSink):
         log.info("sink %s: connected", self.name)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._metrics.sink_errors.labels(self.name).inc()
+        self.stats.count_error()
         log.debug("sink %s: broker unreachable; paho retries with backoff", self.name)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
@@ -160,9 +233,9 @@ class MqttSink(BufferedSink):
             with self._lock:
                 lost, self._completed = self._accepted - self._completed, self._accepted
         if lost > 0:
-            self._metrics.sink_dropped.labels(self.name).inc(lost)
+            self.stats.count_dropped(lost)
         if not self._closing:
-            self._metrics.sink_errors.labels(self.name).inc()
+            self.stats.count_error()
             log.warning("sink %s: disconnected (%s); reconnecting", self.name, reason_code)
         self._wake.set()
 
@@ -175,5 +248,27 @@ class MqttSink(BufferedSink):
             if self._closing:
                 return
             self._completed += 1
-        self._metrics.sink_sent.labels(self.name).inc()
+        self.stats.count_sent()
         self._wake.set()
+
+
+def _from_spec(url: str, options: dict[str, Any]) -> MqttSinkConfig:
+    """``mqtt[s]://[USER:PASS@]HOST[:PORT][/TOPIC]``: the path is the topic template."""
+    tls = url.startswith("mqtts:")
+    parts = urlsplit(url, allow_fragments=False)
+    if not parts.hostname:
+        raise ValueError(f"no broker host; {spec_help()}")
+    fields: dict[str, Any] = {"type": "mqtt", "host": parts.hostname, "tls": tls}
+    fields["port"] = parts.port if parts.port is not None else (8883 if tls else 1883)
+    topic = unquote(parts.path.removeprefix("/"))
+    if topic:
+        fields["topic"] = topic
+    if parts.username is not None:
+        fields["username"] = unquote(parts.username)
+    if parts.password is not None:
+        fields["password"] = unquote(parts.password)
+    return MqttSinkConfig(**{**fields, **options})
+
+
+register_sink(SinkType("mqtt", MqttSinkConfig, MqttSink, schemes=("mqtt", "mqtts"),
+                       spec_forms=("mqtt[s]://[USER:PASS@]HOST[:PORT][/TOPIC]",), from_spec=_from_spec))

@@ -13,29 +13,50 @@ The socket is an XPUB with ``XPUB_NODROP``: when a subscriber falls ``buffer`` m
 drops its oldest messages, counted in ``streamer_sink_messages_dropped_total``. A slow subscriber
 therefore slows delivery to every subscriber of this sink. Messages published while nobody is
 subscribed are discarded by ZeroMQ by design and counted as sent.
+
+Config: ``type = "zmq"``, ``endpoint`` (``tcp://`` or ``ipc://``); ``--sink zmq:tcp://HOST:PORT``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 import zmq
+from pydantic import field_validator
 
-from streamer.metrics import StreamerMetrics
-from streamer.schema import dumps
+from streamer.frame_json import dumps
 from streamer.sinks.base import BufferedSink, Delivery, stream_of
-from streamer.sinks.config import ZmqSinkConfig
+from streamer.sinks.config import SinkSettings
+from streamer.sinks.registry import SinkType, register_sink
 
 log = logging.getLogger(__name__)
+
+
+class ZmqSinkConfig(SinkSettings):
+    """ZeroMQ publisher bound to ``endpoint``: multipart ``[stream, json]``; subscribers connect."""
+
+    type: Literal["zmq"]
+    endpoint: str = "tcp://127.0.0.1:5556"
+
+    @field_validator("endpoint")
+    @classmethod
+    def _transport(cls, endpoint: str) -> str:
+        if not endpoint.startswith(("tcp://", "ipc://")):
+            raise ValueError(f"endpoint must start with tcp:// or ipc://, got {endpoint!r}")
+        return endpoint
+
+    @property
+    def label(self) -> str:
+        return f"zmq:{self.endpoint}"
 
 
 class ZmqSink(BufferedSink):
     """Publishes frame messages on a bound ZeroMQ XPUB socket; the socket lives on the worker thread."""
 
-    def __init__(self, cfg: ZmqSinkConfig, metrics: StreamerMetrics) -> None:
-        super().__init__(cfg.label, cfg.mask_encoding, cfg.buffer, metrics)
+    def __init__(self, cfg: ZmqSinkConfig) -> None:
+        super().__init__(cfg.label, cfg.mask_encoding, cfg.buffer)
         self.cfg = cfg
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
         self._socket: zmq.Socket[bytes] | None = None
@@ -87,3 +108,11 @@ class ZmqSink(BufferedSink):
                 socket.recv(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
+
+
+def _from_spec(body: str, options: dict[str, Any]) -> ZmqSinkConfig:
+    return ZmqSinkConfig(type="zmq", endpoint=body.partition(":")[2], **options)
+
+
+register_sink(SinkType("zmq", ZmqSinkConfig, ZmqSink, schemes=("zmq",),
+                       spec_forms=("zmq:tcp://HOST:PORT",), from_spec=_from_spec))

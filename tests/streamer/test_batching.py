@@ -13,16 +13,16 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
 
 from streamer.batching import Batcher, StreamQueue, take_fair
 from streamer.config import BatchingConfig
+from streamer.encodings import MaskEncoding
 from streamer.frames import Frame
 from streamer.inference import InferenceWorker, Publisher, run_pipeline
 from streamer.messages import MessageSpec
-from streamer.metrics import StreamerMetrics
-from streamer.schema import MaskEncoding
+from streamer.metrics import PipelineStats
 from streamer.sinks.base import Sink
+from streamer.stats import SinkCounts, StreamCounts
 from tests.streamer.conftest_daemon import encode_video
 
 
@@ -197,6 +197,7 @@ class RecordingSink(Sink):
 
     def __init__(self, encoding: MaskEncoding) -> None:
         self.name, self.encoding = f"memory:{encoding}", encoding
+        self.stats = SinkCounts()
         self.messages: list[dict[str, Any]] = []
 
     async def start(self) -> None:
@@ -207,6 +208,9 @@ class RecordingSink(Sink):
 
     async def close(self, timeout: float) -> None:
         pass
+
+    def depth(self) -> int:
+        return 0
 
 
 def test_pipeline_publishes_each_stream_in_frame_order(tiny_model_path: Path) -> None:
@@ -219,22 +223,24 @@ def test_pipeline_publishes_each_stream_in_frame_order(tiny_model_path: Path) ->
     with av.open(str(clip)) as container:
         image = next(container.decode(video=0)).to_ndarray(format="rgb24")
 
-    async def scenario() -> tuple[RecordingSink, RecordingSink, StreamerMetrics]:
-        metrics = StreamerMetrics(CollectorRegistry())
+    counts = {name: StreamCounts() for name in "abc"}
+    stats = PipelineStats()
+
+    async def scenario() -> tuple[RecordingSink, RecordingSink]:
         batcher = Batcher(BatchingConfig(max_batch_size=4, queue_size=8), Drops())
         sinks = (RecordingSink("rle"), RecordingSink("none"))
         spec = MessageSpec(runner.info.class_names, frozenset({"rle", "none"}), 0.3, 0.5)
-        publisher = Publisher(sinks, spec, metrics, workers=3, max_in_flight=2, active=lambda s: True)
-        pipeline = asyncio.create_task(run_pipeline(batcher, InferenceWorker(runner, metrics), publisher, metrics))
+        publisher = Publisher(sinks, spec, stats, workers=3, max_in_flight=2, counts_of=counts.get)
+        pipeline = asyncio.create_task(run_pipeline(batcher, InferenceWorker(runner, stats), publisher))
         queues = [batcher.new_queue(name, drops=False) for name in ("a", "b", "c")]
         for i in range(6):
             for q in queues[: 1 + i % 3]:
                 await q.put(replace(frame(q.name, i), image=image))
         batcher.close()
         await asyncio.wait_for(pipeline, 120)
-        return *sinks, metrics
+        return sinks
 
-    rle, plain, metrics = asyncio.run(scenario())
+    rle, plain = asyncio.run(scenario())
     sent = [(m["stream"], m["frame"]) for m in rle.messages]
     assert sorted(sent) == sorted((s, i) for i in range(6) for s in "abc"[: 1 + i % 3])
     for stream in "abc":
@@ -246,4 +252,44 @@ def test_pipeline_publishes_each_stream_in_frame_order(tiny_model_path: Path) ->
     assert all("mask" not in inst for m in plain.messages for inst in m["instances"])
     assert all(inst["score"] >= 0.3 for inst in with_masks)
     assert rle.messages[0]["width"] == 128 and "capture_time" in rle.messages[0]
-    assert metrics.frames_published.labels(stream="a")._value.get() == 6
+    a = counts["a"].snapshot()
+    assert (a.inferred, a.published, a.dropped_total) == (6, 6, 0)
+    assert sum(n for n, _ in a.instances.values()) == sum(len(m["instances"]) for m in rle.messages if m["stream"] == "a")
+    assert {stage for stage, seconds in stats.cpu.snapshot().items() if seconds > 0} >= {"inference", "postprocess"}
+    assert stats.batch_size.collect()[0].samples[-2].value == len(sent)  # _sum: one per frame
+
+
+class FailingRunner:
+    """A runner whose every batch fails."""
+
+    info = type("Info", (), {"device": "cpu"})()
+
+    def infer(self, images: list[Any]) -> list[Any]:
+        raise RuntimeError("out of memory")
+
+
+def test_failed_inference_counts_its_frames_as_dropped() -> None:
+    """Frames of a failed batch are dropped for ``inference_error`` in their stream's counters
+    (a removed stream's frames are not counted); the pipeline goes on."""
+    counts = {"a": StreamCounts()}
+    stats = PipelineStats()
+
+    async def scenario() -> RecordingSink:
+        batcher = Batcher(BatchingConfig(max_batch_size=2, queue_size=8), Drops())
+        sink = RecordingSink("rle")
+        spec = MessageSpec(("__background__", "thing"), frozenset({"rle"}), 0.3, 0.5)
+        publisher = Publisher([sink], spec, stats, workers=1, max_in_flight=2, counts_of=counts.get)
+        pipeline = asyncio.create_task(
+            run_pipeline(batcher, InferenceWorker(FailingRunner(), stats), publisher))  # type: ignore[arg-type]
+        for name in ("a", "gone"):
+            queue = batcher.new_queue(name, drops=False)
+            for i in range(3):
+                await queue.put(frame(name, i))
+        batcher.close()
+        await asyncio.wait_for(pipeline, 30)
+        return sink
+
+    sink = asyncio.run(scenario())
+    a = counts["a"].snapshot()
+    assert sink.messages == [] and (a.inferred, a.published) == (0, 0)
+    assert a.dropped == {"queue_full": 0, "stale": 0, "shutdown": 0, "inference_error": 3}

@@ -155,6 +155,7 @@ def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ]
 
 
+
 # -- secrets never in errors; permanent mistakes refused (issue 11) -------------------------------
 
 SECRET = "s3cretPW"
@@ -235,7 +236,7 @@ password = 12345
     ('[[sources]]\nname = "c"\nurl = "clip.mp4"\nloop = "yes"', "sources[0].loop = 'yes': expected true or false"),
     ('[inference]\nbackend = "bogus"', "inference.backend = 'bogus': Input should be 'pytorch', 'onnxruntime' "
      "or 'tensorrt'"),
-    ('[inference]\ndevice = "gpu"', "inference.device = 'gpu': expected cpu, cuda or cuda:N"),
+    ('[inference]\ndevice = "gpu"', "inference.device = 'gpu': device must be 'cpu', 'cuda' or 'cuda:N' (N >= 0)"),
     ('[[sinks]]\ntype = "jsonl"\npath = "/nonexistent/dir/out.jsonl"',
      "sinks[0].path = '/nonexistent/dir/out.jsonl': directory '/nonexistent/dir' does not exist"),
 ])

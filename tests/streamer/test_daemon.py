@@ -7,6 +7,7 @@ JSONL it writes and its /metrics endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -14,9 +15,14 @@ import socket
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from streamer.config import StreamerConfig
+from streamer.daemon import Daemon
 from streamer.sdnotify import Notifier, pipeline_alive, watchdog_period
 from tests.streamer.conftest_daemon import (
     DaemonProcess,
@@ -101,6 +107,37 @@ def test_watchdog_rule_stops_pinging_for_a_stuck_inference_worker() -> None:
     assert pipeline_alive(now, last_completed=10.0, busy_since=None, pending=0, period=2.0)  # idle
     assert not pipeline_alive(now, last_completed=90.0, busy_since=90.0, pending=3, period=2.0)
     assert not pipeline_alive(now, last_completed=90.0, busy_since=None, pending=5, period=2.0)
+
+
+class FailingRunner:
+    """A model whose every batch fails: each frame is dropped for ``inference_error``."""
+
+    info = SimpleNamespace(name="failing", backend="pytorch", device="cpu",
+                           class_names=("__background__", "thing"))
+
+    def infer(self, images: list[Any]) -> list[Any]:
+        raise RuntimeError("out of memory")
+
+    def close(self) -> None:
+        pass
+
+
+def test_status_line_and_metrics_read_the_same_counters(tmp_path: Path) -> None:
+    """``STATUS=`` and ``/metrics`` count published and dropped frames from the same counters,
+    inference failures included."""
+    clip = encode_video(tmp_path / "clip.mp4", frames=12)
+    cfg = StreamerConfig.model_validate({
+        "sources": [{"name": "clip", "url": str(clip), "realtime": False}],
+        "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+        "metrics": {"enabled": False}})
+    registry = CollectorRegistry()
+    daemon = Daemon(cfg, registry=registry, runner=FailingRunner())  # type: ignore[arg-type]
+    assert asyncio.run(daemon.run()) == 0
+    dropped = registry.get_sample_value("streamer_frames_dropped_total",
+                                        {"stream": "clip", "reason": "inference_error"})
+    published = registry.get_sample_value("streamer_frames_published_total", {"stream": "clip"})
+    assert (dropped, published) == (12, 0)
+    assert daemon.status_line() == "stopped; 0/1 streams up (1 ended); 0 frames published, 12 dropped, 0 queued"
 
 
 # -- the real process ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from engines.runner import Detections
 from streamer.config import ConfigError, validate_config
 from streamer.frames import Frame
 from streamer.messages import MessageSpec, frame_result
-from streamer.sinks.config import MqttSinkConfig
+from streamer.sinks import MqttSinkConfig
 from tests.streamer.conftest_daemon import encode_video
 from tests.streamer.test_mqtt import MOSQUITTO, Broker, Subscriber
 

@@ -1,7 +1,8 @@
-"""Metrics registry and the /metrics, /healthz, /readyz endpoint, scraped over real HTTP."""
+"""The metrics collector and the /metrics, /healthz, /readyz endpoint, scraped over real HTTP."""
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import subprocess
@@ -9,14 +10,16 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.http import HealthState, HttpServer, start_http_server
-from streamer.metrics import StreamerMetrics
+from streamer.metrics import StreamerCollector
 from streamer.sinks import create_sink, parse_sink_spec
+from streamer.stats import StreamCounts, StreamState
 
 EXPECTED = {  # family name → (type, label names)
     "streamer_frames_decoded": ("counter", {"stream"}),
@@ -63,28 +66,38 @@ def scrape(server: HttpServer) -> dict[str, dict[tuple[tuple[str, str], ...], fl
     return samples
 
 
-def populate(metrics: StreamerMetrics) -> None:
-    metrics.init_stream("cam1")
-    metrics.frames_decoded.labels("cam1").inc(3)
-    metrics.frames_inferred.labels("cam1").inc(2)
-    metrics.frames_published.labels("cam1").inc(2)
-    metrics.frames_dropped.labels("cam1", "stale").inc()
-    metrics.decode_errors.labels("cam1").inc(0)
-    metrics.reconnects.labels("cam1").inc()
-    metrics.set_stream_state("cam1", "up")
-    metrics.input_fps.labels("cam1").set(25.0)
-    metrics.batch_size.observe(2)
-    metrics.inference_latency.observe(0.042)
-    metrics.queue_depth.labels("batcher").set(1)
-    metrics.end_to_end_latency.labels("cam1").observe(0.120)
-    metrics.instances.labels("cam1", "person").inc(4)
+@dataclass
+class FakeStream:
+    """What the collector reads of a stream: its counters and its decode thread's state."""
+
+    state: StreamState | None = None
+    counts: StreamCounts = field(default_factory=StreamCounts)
+
+
+def populate(metrics: StreamerCollector) -> FakeStream:
+    cam1 = FakeStream("up")
+    metrics.watch_stream("cam1", cam1)
+    for _ in range(3):
+        cam1.counts.count_decoded()
+    for _ in range(2):
+        cam1.counts.count_inferred()
+    cam1.counts.count_published({"person": 4}, {})
+    cam1.counts.count_published({}, {})
+    cam1.counts.count_drop("stale")
+    cam1.counts.count_reconnect()
+    cam1.counts.set_input_fps(25.0)
+    metrics.pipeline.batch_size.observe(2)
+    metrics.pipeline.inference_latency.observe(0.042)
+    metrics.watch_queue("batcher", lambda: 1)
+    metrics.pipeline.end_to_end_latency.labels("cam1").observe(0.120)
     metrics.set_info(version="0.1.0", backend="pytorch", device="cpu", model="demo")
+    return cam1
 
 
 @pytest.fixture
-def endpoint() -> Iterator[tuple[StreamerMetrics, HealthState, HttpServer]]:
+def endpoint() -> Iterator[tuple[StreamerCollector, HealthState, HttpServer]]:
     registry = CollectorRegistry()
-    metrics = StreamerMetrics(registry)
+    metrics = StreamerCollector(registry)
     health = HealthState()
     server = start_http_server("127.0.0.1", 0, registry, health)
     yield metrics, health, server
@@ -92,10 +105,11 @@ def endpoint() -> Iterator[tuple[StreamerMetrics, HealthState, HttpServer]]:
 
 
 def test_every_metric_is_exposed_with_its_type_and_labels(
-        endpoint: tuple[StreamerMetrics, HealthState, HttpServer]) -> None:
+        endpoint: tuple[StreamerCollector, HealthState, HttpServer]) -> None:
     metrics, _, server = endpoint
     populate(metrics)
-    sink = create_sink(parse_sink_spec("jsonl:-"), metrics)
+    sink = create_sink(parse_sink_spec("jsonl:-"))
+    metrics.watch_sink(sink)
     status, body = get(f"{server.url}/metrics")
     assert status == 200
     # The text format shows each counter's and histogram's creation time as a gauge family.
@@ -113,12 +127,13 @@ def test_every_metric_is_exposed_with_its_type_and_labels(
                 assert s.name == f"{name}_total"
     queue = families["streamer_queue_depth"].samples
     assert {s.labels["queue"] for s in queue} == {"batcher", f"sink:{sink.name}"}
-    assert metrics.frames_decoded.labels("cam1")._value.get() == 3  # registry is the one scraped
-    assert "streamer_frames_decoded_total" not in {m.name for m in REGISTRY.collect()}
+    decoded = [s for s in families["streamer_frames_decoded"].samples if s.name.endswith("_total")]
+    assert [(s.labels, s.value) for s in decoded] == [({"stream": "cam1"}, 3.0)]
+    assert "streamer_frames_decoded" not in {m.name for m in REGISTRY.collect()}
     assert REGISTRY.get_sample_value("streamer_frames_decoded_total", {"stream": "cam1"}) is None
 
 
-def test_openmetrics_on_request(endpoint: tuple[StreamerMetrics, HealthState, HttpServer]) -> None:
+def test_openmetrics_on_request(endpoint: tuple[StreamerCollector, HealthState, HttpServer]) -> None:
     metrics, _, server = endpoint
     populate(metrics)
     request = urllib.request.Request(f"{server.url}/metrics",
@@ -130,13 +145,14 @@ def test_openmetrics_on_request(endpoint: tuple[StreamerMetrics, HealthState, Ht
     assert 'streamer_frames_decoded_total{stream="cam1"} 3.0' in body
 
 
-def test_counters_move_between_scrapes(endpoint: tuple[StreamerMetrics, HealthState, HttpServer]) -> None:
+def test_counters_move_between_scrapes(endpoint: tuple[StreamerCollector, HealthState, HttpServer]) -> None:
     metrics, _, server = endpoint
-    populate(metrics)
     key = (("stream", "cam1"),)
+    cam1 = populate(metrics)
     before = scrape(server)
-    metrics.frames_decoded.labels("cam1").inc(5)
-    metrics.end_to_end_latency.labels("cam1").observe(0.3)
+    for _ in range(5):
+        cam1.counts.count_decoded()
+    metrics.pipeline.end_to_end_latency.labels("cam1").observe(0.3)
     after = scrape(server)
     assert after["streamer_frames_decoded_total"][key] - before["streamer_frames_decoded_total"][key] == 5
     assert after["streamer_end_to_end_latency_seconds_count"][key] == 2
@@ -144,48 +160,56 @@ def test_counters_move_between_scrapes(endpoint: tuple[StreamerMetrics, HealthSt
     assert after["streamer_end_to_end_latency_seconds_bucket"][le_05] == 2
 
 
-def test_promtool_accepts_the_exposition(endpoint: tuple[StreamerMetrics, HealthState, HttpServer]) -> None:
+def test_promtool_accepts_the_exposition(endpoint: tuple[StreamerCollector, HealthState, HttpServer]) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("needs promtool (apt-get install prometheus)")
     metrics, _, server = endpoint
     populate(metrics)
-    create_sink(parse_sink_spec("mqtt://user:pw@127.0.0.1:1/t"), metrics)
+    metrics.watch_sink(create_sink(parse_sink_spec("mqtt://user:pw@127.0.0.1:1/t")))
     _, body = get(f"{server.url}/metrics")
     check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=30)
     assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), check
 
 
 def test_stream_state_is_one_hot_and_streams_can_be_removed(
-        endpoint: tuple[StreamerMetrics, HealthState, HttpServer]) -> None:
+        endpoint: tuple[StreamerCollector, HealthState, HttpServer]) -> None:
     metrics, _, server = endpoint
     populate(metrics)
-    metrics.init_stream("cam2")
-    metrics.set_stream_state("cam2", "backoff")
-    states = scrape(server)["streamer_stream_state"]
-    assert {dict(k)["state"] for k, v in states.items() if dict(k)["stream"] == "cam2" and v == 1} == {"backoff"}
-    assert sum(v for k, v in states.items() if dict(k)["stream"] == "cam2") == 1
-    with pytest.raises(ValueError, match="stream state must be one of connecting, up"):
-        metrics.set_stream_state("cam2", "sleeping")
+    cam2 = FakeStream()
+    metrics.watch_stream("cam2", cam2)
+    metrics.watch_queue("stream:cam2", lambda: 0)
 
-    metrics.remove_stream("cam1")
+    def hot(stream: str) -> set[str]:
+        states = scrape(server)["streamer_stream_state"]
+        assert sum(v for k, v in states.items() if dict(k)["stream"] == stream) == 1
+        return {dict(k)["state"] for k, v in states.items() if dict(k)["stream"] == stream and v == 1}
+
+    assert hot("cam2") == {"connecting"}  # before its decode thread reports
+    cam2.state = "backoff"
+    assert hot("cam2") == {"backoff"}
+
+    metrics.forget_stream("cam1")
+    metrics.forget_stream("cam2")
+    metrics.watch_stream("cam2", cam2)  # a restarted stream: same counters, series back
     text = get(f"{server.url}/metrics")[1]
     assert 'stream="cam1"' not in text
     assert 'stream="cam2"' in text
 
 
-def test_sink_labels_never_carry_credentials(endpoint: tuple[StreamerMetrics, HealthState, HttpServer]) -> None:
+def test_sink_labels_never_carry_credentials(endpoint: tuple[StreamerCollector, HealthState, HttpServer]) -> None:
     metrics, _, server = endpoint
-    sink = create_sink(parse_sink_spec("mqtt://alice:hunter2@127.0.0.1:1/site/{stream}"), metrics)
+    sink = create_sink(parse_sink_spec("mqtt://alice:hunter2@127.0.0.1:1/site/{stream}"))
+    metrics.watch_sink(sink)
     text = get(f"{server.url}/metrics")[1]
     assert f'streamer_sink_connected{{sink="{sink.name}"}} 0.0' in text
     assert "hunter2" not in text and "alice" not in text
-    metrics.remove_sink(sink.name)
+    metrics.forget_sink(sink.name)
     assert sink.name not in get(f"{server.url}/metrics")[1]
 
 
 def test_a_failing_queue_callback_does_not_break_the_scrape(
-        endpoint: tuple[StreamerMetrics, HealthState, HttpServer]) -> None:
+        endpoint: tuple[StreamerCollector, HealthState, HttpServer]) -> None:
     metrics, _, server = endpoint
 
     def broken() -> float:
@@ -198,8 +222,34 @@ def test_a_failing_queue_callback_does_not_break_the_scrape(
     assert depths[(("queue", "batcher"),)] == 7
 
 
+class BrokenStream:
+    state: StreamState | None = "up"
+
+    @property
+    def counts(self) -> StreamCounts:
+        raise RuntimeError("counters went away")
+
+
+def test_a_failing_component_is_logged_and_left_out_of_the_scrape(
+        endpoint: tuple[StreamerCollector, HealthState, HttpServer], caplog: pytest.LogCaptureFixture) -> None:
+    metrics, _, server = endpoint
+    populate(metrics)
+    metrics.watch_stream("broken", BrokenStream())
+    with caplog.at_level(logging.ERROR, logger="streamer.metrics"):
+        samples = scrape(server)
+    assert samples["streamer_frames_decoded_total"] == {(("stream", "cam1"),): 3}
+    assert any("stream broken" in r.getMessage() for r in caplog.records)
+
+
+def test_the_collector_registers_once_per_registry() -> None:
+    registry = CollectorRegistry()
+    StreamerCollector(registry)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        StreamerCollector(registry)
+
+
 def test_healthz_follows_the_event_loop_heartbeat(
-        endpoint: tuple[StreamerMetrics, HealthState, HttpServer]) -> None:
+        endpoint: tuple[StreamerCollector, HealthState, HttpServer]) -> None:
     _, health, server = endpoint
     health.beat()
     assert get(f"{server.url}/healthz") == (200, "ok\n")
@@ -210,7 +260,7 @@ def test_healthz_follows_the_event_loop_heartbeat(
     assert get(f"{server.url}/healthz")[0] == 200
 
 
-def test_readyz_needs_the_model_and_a_stream_up(endpoint: tuple[StreamerMetrics, HealthState, HttpServer]) -> None:
+def test_readyz_needs_the_model_and_a_stream_up(endpoint: tuple[StreamerCollector, HealthState, HttpServer]) -> None:
     _, health, server = endpoint
     up = 0
     health.streams_up = lambda: up
@@ -228,7 +278,7 @@ def test_readyz_needs_the_model_and_a_stream_up(endpoint: tuple[StreamerMetrics,
     assert status == 503 and "boom" in body
 
 
-def test_unknown_path_and_busy_port(endpoint: tuple[StreamerMetrics, HealthState, HttpServer]) -> None:
+def test_unknown_path_and_busy_port(endpoint: tuple[StreamerCollector, HealthState, HttpServer]) -> None:
     _, health, server = endpoint
     assert get(f"{server.url}/nope")[0] == 404
     assert server.host == "127.0.0.1" and server.port > 0

@@ -20,11 +20,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 
-from streamer.metrics import StreamerMetrics
+from streamer.metrics import StreamerCollector
 from streamer.schema import decode_rle
 from streamer.sinks import MqttSinkConfig, create_sink
 from streamer.sinks.mqtt import topic_for
-from tests.streamer.test_sinks import sample, sample_message, wait_until
+from tests.streamer.test_sinks import sample, sample_message, wait_until, watched
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 pytestmark = pytest.mark.skipif(
@@ -151,7 +151,7 @@ def test_publishes_on_templated_topics_with_online_then_offline_status(broker: B
 
     async def scenario() -> CollectorRegistry:
         registry = CollectorRegistry()
-        sink = create_sink(sink_config(broker.port, qos=1), StreamerMetrics(registry))
+        sink = watched(create_sink(sink_config(broker.port, qos=1)), registry)
         await sink.start()
         assert sub.next_on(STATUS)[1] == "online"
         assert sample(registry, "streamer_sink_connected", sink=sink.name) == 1
@@ -195,7 +195,7 @@ def test_absent_broker_at_start_then_broker_restart_mid_run(tmp_path: Path) -> N
 
     async def scenario() -> None:
         registry = CollectorRegistry()
-        sink = create_sink(sink_config(port, buffer=4), StreamerMetrics(registry))
+        sink = watched(create_sink(sink_config(port, buffer=4)), registry)
         name = sink.name
         await sink.start()
         for i in range(10):
@@ -242,12 +242,10 @@ def test_last_will_announces_offline_when_the_daemon_dies(broker: Broker) -> Non
     sub = Subscriber(broker.port, [STATUS])
     script = f"""
 import asyncio, sys
-from prometheus_client import CollectorRegistry
-from streamer.metrics import StreamerMetrics
 from streamer.sinks import MqttSinkConfig, create_sink
 async def main():
     cfg = MqttSinkConfig(type="mqtt", host="127.0.0.1", port={broker.port}, status_topic="{STATUS}", keepalive=5)
-    sink = create_sink(cfg, StreamerMetrics(CollectorRegistry()))
+    sink = create_sink(cfg)
     await sink.start()
     await asyncio.sleep(60)
 asyncio.run(main())
@@ -271,11 +269,11 @@ def test_username_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
     async def scenario() -> None:
         registry = CollectorRegistry()
-        metrics = StreamerMetrics(registry)
-        good = create_sink(sink_config(broker.port, username="streamer", password_env="TEST_MQTT_PASSWORD"),
-                           metrics)
-        bad = create_sink(sink_config(broker.port, username="streamer", password="wrong", topic="bad/{stream}"),
-                          metrics)
+        good = create_sink(sink_config(broker.port, username="streamer", password_env="TEST_MQTT_PASSWORD"))
+        bad = create_sink(sink_config(broker.port, username="streamer", password="wrong", topic="bad/{stream}"))
+        collector = StreamerCollector(registry)
+        collector.watch_sink(good)
+        collector.watch_sink(bad)
         await good.start()
         await bad.start()
         good.publish(sample_message("cam1", 1))
@@ -305,7 +303,7 @@ def test_default_status_topic_is_per_host(broker: Broker) -> None:
     sub = Subscriber(broker.port, [expected])
 
     async def scenario() -> None:
-        sink = create_sink(cfg, StreamerMetrics(CollectorRegistry()))
+        sink = create_sink(cfg)
         await sink.start()
         assert await asyncio.to_thread(sub.next_on, expected) == (expected, "online", False)
         await sink.close(timeout=2.0)

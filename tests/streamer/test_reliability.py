@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from streamer.batching import LoopHandoff, StreamQueue
 from streamer.config import SourceConfig
 from streamer.frames import Frame
-from streamer.metrics import StreamerMetrics
+from streamer.metrics import StreamerCollector
 from streamer.sources import SourceWorker
 from tests.streamer.conftest_daemon import (
     REPO,
@@ -166,11 +166,11 @@ def test_sigterm_drain_line_says_what_was_drained(tmp_path: Path, long_clip: Pat
 # -- live sources against the real RTSP server --------------------------------------------------
 
 def _worker(server: RtspServer, loop: asyncio.AbstractEventLoop, frames: list[Frame],
-            metrics: StreamerMetrics, **cfg: object) -> SourceWorker:
+            **cfg: object) -> SourceWorker:
     queue = StreamQueue("cam", 8, True, lambda f, r: None)
     queue.listen(lambda: frames.extend(queue.pop() for _ in range(len(queue))))
     source = SourceConfig.model_validate({"name": "cam", "url": server.url, "open_timeout_s": 3.0, **cfg})
-    return SourceWorker(source, LoopHandoff(loop, queue, threading.Event()), metrics, rng=random.Random(1))
+    return SourceWorker(source, LoopHandoff(loop, queue, threading.Event()), rng=random.Random(1))
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
@@ -185,8 +185,7 @@ def test_stall_is_detected_within_the_setting_with_a_readable_reason(
     async def scenario(server: RtspServer) -> float:
         loop = asyncio.get_running_loop()
         frames: list[Frame] = []
-        worker = _worker(server, loop, frames, StreamerMetrics(CollectorRegistry()),
-                         transport=transport, stall_timeout_s=stall)
+        worker = _worker(server, loop, frames, transport=transport, stall_timeout_s=stall)
         worker.start()
         try:
             while len(frames) < 10:
@@ -221,8 +220,9 @@ def test_input_fps_after_a_reconnect_is_the_cameras_rate() -> None:
     async def scenario(server: RtspServer) -> list[float]:
         loop = asyncio.get_running_loop()
         frames: list[Frame] = []
-        worker = _worker(server, loop, frames, StreamerMetrics(registry), transport="tcp",
+        worker = _worker(server, loop, frames, transport="tcp",
                          reconnect={"initial_delay_s": 0.2, "max_delay_s": 0.5})
+        StreamerCollector(registry).watch_stream("cam", worker)
         worker.start()
         readings: list[float] = []
         try:

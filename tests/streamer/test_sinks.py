@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -12,20 +11,23 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from engines.runner import Detections
-from streamer.metrics import StreamerMetrics
+from streamer.metrics import StreamerCollector
 from streamer.schema import decode_rle, frame_message
 from streamer.sinks import (
     JsonlSinkConfig,
     MqttSinkConfig,
+    Sink,
+    SinkConfig,
+    SinkSettings,
     ZmqSinkConfig,
     create_sink,
     parse_sink_spec,
 )
-from streamer.sinks.base import backoff_delay
 from streamer.sinks.jsonl import JsonlSink, rotate
+from streamer.sinks.registry import sink_types
 
 CLASSES = ("__background__", "circle", "square")
 
@@ -43,6 +45,12 @@ def sample_message(stream: str = "cam1", index: int = 0) -> dict[str, Any]:
     )
     return frame_message(stream, index, index / 25, det, det.box_masks(), CLASSES,
                          extra={"stream": stream, "capture_time": 1.0e9 + index})
+
+
+def watched(sink: Sink, registry: CollectorRegistry) -> Sink:
+    """``sink``, reported on ``registry`` by a collector of its own."""
+    StreamerCollector(registry).watch_sink(sink)
+    return sink
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -114,14 +122,16 @@ def test_mqtt_config_rules(monkeypatch: pytest.MonkeyPatch) -> None:
         MqttSinkConfig.model_validate({"type": "mqtt", "host": "h", "colour": "red"})
 
 
-def test_backoff_delay_grows_with_jitter_and_caps() -> None:
-    rng = random.Random(0)
-    for attempt, ceiling in [(0, 0.5), (1, 1.0), (3, 4.0), (6, 30.0), (100, 30.0)]:
-        delays = [backoff_delay(attempt, rng=rng) for _ in range(200)]
-        assert all(ceiling / 2 <= d < ceiling for d in delays), (attempt, min(delays), max(delays))
-        assert max(delays) - min(delays) > ceiling / 4  # jittered, not lockstep
-    with pytest.raises(ValueError, match="attempt must be >= 0"):
-        backoff_delay(-1)
+def test_sink_types_come_from_the_registry() -> None:
+    """Each sink module registers its type; the config union and create_sink are built from them."""
+    assert [t.name for t in sink_types()] == ["jsonl", "mqtt", "zmq"]
+    assert [t.config for t in sink_types()] == [JsonlSinkConfig, MqttSinkConfig, ZmqSinkConfig]
+    adapter: TypeAdapter[Any] = TypeAdapter(SinkConfig)
+    assert isinstance(adapter.validate_python({"type": "zmq"}), ZmqSinkConfig)
+    with pytest.raises(ValidationError, match="'jsonl', 'mqtt', 'zmq'"):
+        adapter.validate_python({"type": "kafka"})
+    with pytest.raises(TypeError, match="no sink for config type SinkSettings"):
+        create_sink(SinkSettings())
 
 
 # -- the bounded buffer -------------------------------------------------------------------------
@@ -134,13 +144,13 @@ def test_absent_consumer_never_blocks_and_drops_oldest(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         registry = CollectorRegistry()
-        metrics = StreamerMetrics(registry)
         path = tmp_path / "later" / "frames.jsonl"
-        sink = create_sink(JsonlSinkConfig.model_construct(type="jsonl", path=str(path), buffer=4), metrics)
+        sink = watched(create_sink(JsonlSinkConfig.model_construct(type="jsonl", path=str(path), buffer=4)), registry)
         await sink.start()
+        messages = [sample_message(index=i) for i in range(10)]
         start = time.perf_counter()
-        for i in range(10):
-            sink.publish(sample_message(index=i))
+        for msg in messages:
+            sink.publish(msg)
         assert time.perf_counter() - start < 0.05
         assert sample(registry, "streamer_sink_messages_dropped_total", sink=sink.name) == 6
         assert sample(registry, "streamer_queue_depth", queue=f"sink:{sink.name}") == 4
@@ -162,9 +172,8 @@ def test_absent_consumer_never_blocks_and_drops_oldest(tmp_path: Path) -> None:
 def test_close_counts_undeliverable_messages_and_refuses_new_ones(tmp_path: Path) -> None:
     async def scenario() -> None:
         registry = CollectorRegistry()
-        metrics = StreamerMetrics(registry)
         cfg = JsonlSinkConfig.model_construct(type="jsonl", path=str(tmp_path / "no" / "f"), buffer=8)
-        sink = create_sink(cfg, metrics)
+        sink = watched(create_sink(cfg), registry)
         await sink.start()
         for i in range(5):
             sink.publish(sample_message(index=i))
@@ -182,7 +191,7 @@ def test_unserializable_message_is_an_error_not_a_crash(tmp_path: Path) -> None:
     async def scenario() -> None:
         registry = CollectorRegistry()
         path = tmp_path / "f.jsonl"
-        sink = create_sink(JsonlSinkConfig(type="jsonl", path=str(path)), StreamerMetrics(registry))
+        sink = watched(create_sink(JsonlSinkConfig(type="jsonl", path=str(path))), registry)
         await sink.start()
         bad = sample_message(index=0)
         bad["oops"] = {1, 2}  # a set is not JSON
@@ -205,7 +214,7 @@ def test_jsonl_rotates_by_size_keeping_backups(tmp_path: Path) -> None:
 
     async def scenario() -> CollectorRegistry:
         registry = CollectorRegistry()
-        sink = create_sink(cfg, StreamerMetrics(registry))
+        sink = watched(create_sink(cfg), registry)
         assert isinstance(sink, JsonlSink)
         await sink.start()
         for i in range(10, 30):  # 20 lines: 3 per file
@@ -235,17 +244,16 @@ def test_rotate_without_backups_starts_over(tmp_path: Path) -> None:
 
 
 def test_each_sink_declares_its_mask_encoding() -> None:
-    metrics = StreamerMetrics(CollectorRegistry())
     specs = {"jsonl:-": "rle", "zmq:tcp://127.0.0.1:1?mask_encoding=polygon": "polygon",
              "mqtt://h/t?mask_encoding=none": "none"}
     for spec, encoding in specs.items():
-        assert create_sink(parse_sink_spec(spec), metrics).encoding == encoding
+        assert create_sink(parse_sink_spec(spec)).encoding == encoding
 
 
 def test_jsonl_stdout(capsys: pytest.CaptureFixture[str]) -> None:
     async def scenario() -> str:
         registry = CollectorRegistry()
-        sink = create_sink(parse_sink_spec("jsonl:-"), StreamerMetrics(registry))
+        sink = watched(create_sink(parse_sink_spec("jsonl:-")), registry)
         assert sink.name == "jsonl:stdout"
         await sink.start()
         for i in range(3):

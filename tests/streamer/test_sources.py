@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
+from streamer.backoff import backoff_delay
 from streamer.batching import LoopHandoff, StreamQueue
 from streamer.config import SourceConfig
 from streamer.frames import Frame
-from streamer.metrics import StreamerMetrics
-from streamer.sources import SourceWorker, backoff_delay
+from streamer.sources import SourceWorker
+from streamer.stats import StageCpu, StreamState
 from tests.streamer.conftest_daemon import encode_video, free_port
 
 
@@ -35,22 +35,20 @@ class Collected:
 
 
 async def run_worker(cfg: SourceConfig, seconds: float, queue_size: int = 2, consume_delay: float = 0.0,
-                     metrics: StreamerMetrics | None = None) -> tuple[Collected, SourceWorker]:
+                     cpu: StageCpu | None = None) -> tuple[Collected, SourceWorker]:
     """Run one SourceWorker on this loop; consume its queue for ``seconds`` or until it closes."""
     loop = asyncio.get_running_loop()
     got = Collected()
     queue = StreamQueue(cfg.name, queue_size, cfg.drops_frames, lambda f, r: got.dropped.append((f.index, r)))
     changed = asyncio.Event()
     queue.listen(changed.set)
-    metrics = metrics or StreamerMetrics(CollectorRegistry())
-    original = metrics.set_stream_state
 
-    def record_state(stream: str, state: str) -> None:
+    def record_state(stream: str, state: StreamState) -> None:
+        assert stream == cfg.name
         got.states.append(state)
-        original(stream, state)
 
-    metrics.set_stream_state = record_state  # type: ignore[method-assign]
-    worker = SourceWorker(cfg, LoopHandoff(loop, queue, threading.Event()), metrics, rng=random.Random(0))
+    worker = SourceWorker(cfg, LoopHandoff(loop, queue, threading.Event()), cpu=cpu, rng=random.Random(0),
+                          on_state=record_state)
     worker.start()
     deadline = loop.time() + seconds
     while not queue.finished and loop.time() < deadline:
@@ -70,17 +68,22 @@ async def run_worker(cfg: SourceConfig, seconds: float, queue_size: int = 2, con
 
 
 def test_backoff_delay_is_full_jitter_exponential_and_capped() -> None:
+    """The one backoff of sources and sinks: uniform in [0, min(max, initial * 2**attempt)]."""
     rng = random.Random(1)
-    for attempt, ceiling in [(0, 0.5), (1, 1.0), (3, 4.0), (10, 30.0), (100, 30.0)]:
+    for attempt, ceiling in [(0, 0.5), (1, 1.0), (3, 4.0), (10, 30.0), (100, 30.0), (5000, 30.0)]:
         delays = [backoff_delay(attempt, 0.5, 30.0, rng) for _ in range(200)]
         assert all(0.0 <= d <= ceiling for d in delays)
         assert max(delays) > 0.8 * ceiling and min(delays) < 0.2 * ceiling  # jitter over the full range
+    assert 0.0 <= backoff_delay(2, 0.5, 2.0) <= 2.0  # the random module's generator by default
+    with pytest.raises(ValueError, match="attempt must be >= 0, got -1"):
+        backoff_delay(-1, 0.5, 30.0)
 
 
 def test_file_source_delivers_every_frame_in_order_without_dropping(clip: Path) -> None:
     cfg = SourceConfig(name="clip", url=str(clip), realtime=False)
+    cpu = StageCpu()
     # A slow consumer and a 2-frame queue: the decoder must wait, never drop.
-    got, worker = asyncio.run(run_worker(cfg, seconds=20, queue_size=2, consume_delay=0.01))
+    got, worker = asyncio.run(run_worker(cfg, seconds=20, queue_size=2, consume_delay=0.01, cpu=cpu))
     assert [f.index for f in got.frames] == list(range(20))
     assert got.dropped == []
     assert got.frames[0].image.shape == (96, 128, 3) and got.frames[0].image.dtype.name == "uint8"
@@ -88,8 +91,11 @@ def test_file_source_delivers_every_frame_in_order_without_dropping(clip: Path) 
     pts = [f.pts for f in got.frames]
     assert pts[0] == 0.0 and pts[1] == pytest.approx(0.04)
     assert all(a is not None and b is not None and a < b for a, b in itertools.pairwise(pts))
-    assert got.states == ["connecting", "up", "ended"]
+    assert got.states == ["connecting", "up", "ended"] and worker.state == "ended"
     assert worker.thread.name == "decode-clip"
+    counted = worker.counts.snapshot()
+    assert (counted.decoded, counted.decode_errors, counted.reconnects) == (20, 0, 0)
+    assert cpu.snapshot()["decode"] > 0
 
 
 def test_realtime_file_is_paced_at_its_frame_rate(clip: Path) -> None:
@@ -116,28 +122,26 @@ def test_looping_file_continues_numbering_across_loops(clip: Path) -> None:
 def test_corrupt_file_fails_and_is_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
-    metrics = StreamerMetrics(CollectorRegistry())
     cfg = SourceConfig(name="bad", url=str(bad))
     with caplog.at_level(logging.WARNING, logger="streamer.sources"):
-        got, _ = asyncio.run(run_worker(cfg, seconds=10, metrics=metrics))
+        got, worker = asyncio.run(run_worker(cfg, seconds=10))
     assert got.frames == [] and got.states == ["connecting", "failed"]
-    assert metrics.decode_errors.labels(stream="bad")._value.get() == 1
+    assert worker.counts.snapshot().decode_errors == 1
     assert any("bad" in r.getMessage() and "failed" in r.getMessage() for r in caplog.records)
 
 
 def test_unreachable_live_source_backs_off_never_in_a_tight_loop(caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
-    metrics = StreamerMetrics(CollectorRegistry())
     cfg = SourceConfig.model_validate({
         "name": "gone", "url": f"rtsp://admin:s3cret@127.0.0.1:{port}/cam", "open_timeout_s": 1.0,
         "reconnect": {"initial_delay_s": 0.2, "max_delay_s": 0.8}})
     with caplog.at_level(logging.INFO, logger="streamer.sources"):
-        got, _ = asyncio.run(run_worker(cfg, seconds=3.0, metrics=metrics))
+        got, worker = asyncio.run(run_worker(cfg, seconds=3.0))
     attempts = got.states.count("connecting")
     # Full jitter from 0.2 s doubling to 0.8 s: a few attempts in 3 s, never hundreds.
     assert 2 <= attempts <= 25, got.states
     assert "backoff" in got.states and "up" not in got.states
-    assert metrics.reconnects.labels(stream="gone")._value.get() >= attempts - 1
+    assert worker.counts.snapshot().reconnects >= attempts - 1
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "s3cret" not in text and "rtsp://***@127.0.0.1" in text
 

@@ -12,10 +12,9 @@ import pytest
 import zmq
 from prometheus_client import CollectorRegistry
 
-from streamer.metrics import StreamerMetrics
 from streamer.schema import decode_rle
 from streamer.sinks import ZmqSinkConfig, create_sink
-from tests.streamer.test_sinks import sample, sample_message
+from tests.streamer.test_sinks import sample, sample_message, watched
 
 
 def free_endpoint() -> str:
@@ -55,7 +54,7 @@ def test_subscribers_receive_multipart_stream_and_json() -> None:
 
     async def scenario() -> None:
         registry = CollectorRegistry()
-        sink = create_sink(ZmqSinkConfig(type="zmq", endpoint=endpoint), StreamerMetrics(registry))
+        sink = watched(create_sink(ZmqSinkConfig(type="zmq", endpoint=endpoint)), registry)
         assert sink.name == f"zmq:{endpoint}"
         await sink.start()
         everything = subscriber(context, endpoint, b"")
@@ -100,7 +99,7 @@ def test_stalled_subscriber_never_blocks_publish_and_drops_oldest() -> None:
 
     async def scenario() -> None:
         registry = CollectorRegistry()
-        sink = create_sink(ZmqSinkConfig(type="zmq", endpoint=endpoint, buffer=4), StreamerMetrics(registry))
+        sink = watched(create_sink(ZmqSinkConfig(type="zmq", endpoint=endpoint, buffer=4)), registry)
         await sink.start()
         sub = subscriber(context, endpoint, b"", RCVHWM=1, RCVBUF=4096)
         await until_subscribed(sink, sub, "cam1")
@@ -138,7 +137,7 @@ def test_endpoint_in_use_is_retried_not_raised() -> None:
 
     async def scenario() -> None:
         registry = CollectorRegistry()
-        sink = create_sink(ZmqSinkConfig(type="zmq", endpoint=endpoint), StreamerMetrics(registry))
+        sink = watched(create_sink(ZmqSinkConfig(type="zmq", endpoint=endpoint)), registry)
         await sink.start()
         sink.publish(sample_message())
         for _ in range(100):
