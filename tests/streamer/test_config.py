@@ -156,6 +156,18 @@ def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 
+def test_config_check_loads_no_model_runtime_and_no_mask_encoder() -> None:
+    """``config check`` imports the configuration code only: torch, numpy, PyAV and pycocotools
+    stay unloaded (each costs from a tenth of a second to seconds at start)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "streamer.cli", "config", "check",
+                             str(SHIPPED)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith(f"{SHIPPED}: ok"), result
+    imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:") and "|" in line}
+    assert "streamer.config" in imported and "streamer.sinks.mqtt" in imported
+    heavy = {"torch", "numpy", "av", "pycocotools", "engines.runner", "engines.masks"}
+    assert not heavy & imported, sorted(heavy & imported)
+
 # -- secrets never in errors; permanent mistakes refused (issue 11) -------------------------------
 
 SECRET = "s3cretPW"
