@@ -1,4 +1,4 @@
-"""The ``gpu`` tests (tests/gpu): their helpers' parts that run without a GPU, and their skips here."""
+"""The ``gpu`` tests (tests/gpu) and tools/roi_align_gpu.py: the parts that run without a GPU, and the skips here."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from build_engine.kernel_host import find_compiler, load_host_kernel
 from build_engine.onnx_check import check_onnx, tensorrt_problems
 from build_engine.plugin_spec import PLUGIN_NAME
-from tests.gpu.roi_align_cuda import MASK_POOLER, compare_to_reference, fpn_shapes, random_rois
 from tests.gpu.two_pooler_network import plugin_graph
+from tools.roi_align_gpu import MASK_POOLER, compare_to_reference, fpn_shapes, random_rois
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ import torch
 
 from build_engine.ptx import Compiler, ptx_arch
 from engines.roi_align import RoIAlignParams
-from tests.gpu.roi_align_cuda import (
+from tools.roi_align_gpu import (
     PARAM_SETS,
     Pool,
     compare_to_reference,

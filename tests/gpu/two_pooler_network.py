@@ -8,7 +8,7 @@ registers one plugin target, so each level runs in a fresh process::
     python3 -m tests.gpu.two_pooler_network LEVEL OUT.json    # LEVEL: none or ampere_plus
 
 writes ``{"rows": [...]}`` (one row per pooler and dtype, see
-:func:`tests.gpu.roi_align_cuda.compare_to_reference`) and exits 0 when every row is within
+:func:`tools.roi_align_gpu.compare_to_reference`) and exits 0 when every row is within
 tolerance, 1 otherwise. Needs a CUDA GPU, TensorRT >= 10.9, onnx and a PTX compiler.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from build_engine.plugin_spec import PLUGIN_NAME, PLUGIN_NAMESPACE, onnx_attributes
-from tests.gpu.roi_align_cuda import (
+from tools.roi_align_gpu import (
     BOX_POOLER,
     MASK_POOLER,
     compare_to_reference,

@@ -1,6 +1,6 @@
 """``streamer process --ray`` on a real two-node Ray cluster, inside a private network namespace.
 
-One cluster (``ray start --head`` + a second node, 1 CPU each; :mod:`tests.streamer.ray_cluster`)
+One cluster (``ray start --head`` + a second node, 1 CPU each; :mod:`tools.ray_cluster`)
 runs, with the embedded demo model:
 
 1. a job over a segmented video, a short video, a missing file and a non-media file, during
@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from streamer.process_cli import ProcessOptions, _load_runner, process_inputs
-from tests.streamer.ray_cluster import keyframe_video, netns_available, run_in_namespace
+from tools.ray_cluster import keyframe_video, netns_available, run_in_namespace
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install '.[ray]', or tools/setup.sh --test)")
 if (_why := netns_available()) is not None:

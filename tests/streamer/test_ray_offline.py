@@ -15,7 +15,7 @@ from streamer.cli import main
 from streamer.media import open_media
 from streamer.ray_output import OutputSink
 from streamer.segments import decode_segment, plan_segments
-from tests.streamer.ray_cluster import keyframe_video
+from tools.ray_cluster import keyframe_video
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The fused RoIAlign kernel launched on a CUDA GPU, and its comparison with the reference op.
+"""The fused RoIAlign kernel launched on a CUDA GPU: its comparison with the reference op, and its timing.
 
 * :func:`cupy_pool`: the PTX ``build_engine.ptx`` produces, launched with cupy exactly as the
   TensorRT plugin launches it (specialised entry names, ``GRID_BLOCKS`` x ``BLOCK_SIZE``, the
@@ -6,21 +6,33 @@
 * :func:`compare_to_reference`: the worst error of a pooled output against
   ``engines.roi_align.multilevel_roi_align`` on the CPU, fp32 absolute, fp16 relative.
 * :func:`fpn_shapes`, :func:`random_rois`: feature maps and boxes of a padded image batch.
+* :func:`kernel_timing`: the kernel against torchvision's ``MultiScaleRoIAlign``; as a command::
 
-Used by the ``gpu`` tests (tests/gpu) and by ``measure_roi_align_speed``.
+    python3 -m tools.roi_align_gpu [--rois 1000] [--channels 256] [--batch 8] [--json OUT]
+
+  times the box pooler (7x7, legacy, sampling ratio 2) over P2..P5 of an 800x1344 batch, fp32
+  and fp16: median milliseconds of ``--repeats`` CUDA-event timed calls after 10 warm-up calls.
+  Needs torchvision too. A measurement; the kernel's parity is a ``gpu`` test
+  (tests/gpu/test_roi_align_kernel.py, ``python3 -m pytest -m gpu``).
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
+import json
+import statistics
 import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from build_engine.plugin import BLOCK_SIZE, GRID_BLOCKS, kernel_name, kernel_scalars
-from build_engine.ptx import Compiler, compile_ptx
+from build_engine.ptx import Compiler, compile_ptx, find_compiler
+from engines.machine import collect_runtime_environment
 from engines.roi_align import RoIAlignParams, multilevel_roi_align
 
 Pool = Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
@@ -106,3 +118,75 @@ def compare_to_reference(got: torch.Tensor, feats: Sequence[torch.Tensor], rois:
     bad_rois = int(bad.flatten(1).any(dim=1).sum()) if bad.numel() else 0
     return {"dtype": str(feats[0].dtype).removeprefix("torch."), "metric": metric, "worst": worst,
             "bad_rois": bad_rois, "rois": int(rois.shape[0]), "ok": bad_rois == 0}
+
+
+TIMING_IMAGE = (800, 1344)
+"""(H, W) of the timed batch."""
+
+
+def _time_cuda(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
+    """Median milliseconds of ``fn()`` (CUDA events) after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def kernel_timing(arch: tuple[int, int], compiler: Compiler, rois: int = 1000, channels: int = 256, batch: int = 8,
+                  repeats: int = 50) -> list[dict[str, Any]]:
+    """One row per dtype: ``fused_ms``, ``torchvision_ms`` and ``speedup`` (torchvision / fused)."""
+    from torchvision.ops import MultiScaleRoIAlign
+
+    pool = cupy_pool(BOX_POOLER, arch, compiler)
+    gen = torch.Generator().manual_seed(1)
+    boxes = random_rois(gen, rois, batch, TIMING_IMAGE)[:rois]
+    boxes = boxes[boxes[:, 0].argsort(stable=True)].cuda()
+    per_image = [boxes[boxes[:, 0] == b, 1:] for b in range(batch)]
+    names = ["p2", "p3", "p4", "p5"]
+    pooler = MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2)
+    feats32 = [torch.randn(s, generator=gen).cuda() for s in fpn_shapes(batch, channels, TIMING_IMAGE)]
+    rows = []
+    for dtype in (torch.float32, torch.float16):
+        feats = [f.to(dtype) for f in feats32]
+        fmap = dict(zip(names, feats, strict=True))
+        typed = [b.to(dtype) for b in per_image]
+        ours = _time_cuda(functools.partial(pool, feats, boxes), 10, repeats)
+        tv = _time_cuda(functools.partial(pooler, fmap, typed, [TIMING_IMAGE] * batch), 10, repeats)
+        rows.append({"dtype": str(dtype).removeprefix("torch."), "fused_ms": ours, "torchvision_ms": tv,
+                     "speedup": tv / ours})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rois", type=int, default=1000)
+    p.add_argument("--channels", type=int, default=256)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        p.error("torch sees no CUDA device; run this on a GPU machine")
+    env = collect_runtime_environment()
+    compiler = find_compiler(max_cuda=env.cuda_version)
+    rows = kernel_timing(torch.cuda.get_device_capability(), compiler, args.rois, args.channels, args.batch,
+                         args.repeats)
+    print(f"{env.gpu_name} (cc {env.compute_capability}), {compiler.describe()}, {args.rois} RoIs, "
+          f"{args.channels} channels, batch {args.batch}")
+    for r in rows:
+        print(f"{r['dtype']:>8}: fused {r['fused_ms']:.3f} ms, torchvision {r['torchvision_ms']:.3f} ms, "
+              f"{r['speedup']:.1f}x")
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
