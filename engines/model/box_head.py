@@ -8,6 +8,9 @@ torchvision's ``RoIHeads`` at test time:
 * class-wise decoding with weights (10, 10, 5, 5) and the ``log(1000/16)`` clamp; softmax;
 * per image: clip to the resized image; drop the background column; keep ``score >
   score_thresh`` (0.05) and sides ``>= 1e-2``; class-wise NMS at 0.5; best 100.
+
+The pooling and the order of these steps are :class:`engines.model.roi_heads.RoIHeads`;
+this module holds the layers and the pure functions.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import nn
 from engines.model import box_ops
 from engines.model.backbone import Norm2d, fuse_conv_blocks
 from engines.model.config import MaskRCNNConfig
+from engines.model.selection import Candidates
 
 BOX_MIN_SIZE = 1e-2
 
@@ -86,19 +90,20 @@ def decode_class_boxes(
     return boxes, F.softmax(class_logits, -1)
 
 
-def select_detections(
-    boxes: torch.Tensor, scores: torch.Tensor, image_size: tuple[int, int], cfg: MaskRCNNConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One image: ``[R, K, 4]`` boxes, ``[R, K]`` scores → kept ``boxes[D, 4]``, ``scores[D]``, ``labels[D]``."""
-    num_classes = scores.shape[-1]
-    boxes = box_ops.clip_boxes(boxes, image_size[0], image_size[1])
-    labels = torch.arange(num_classes, device=scores.device).view(1, -1).expand_as(scores)
-    boxes = boxes[:, 1:].reshape(-1, 4)
-    scores = scores[:, 1:].reshape(-1)
-    labels = labels[:, 1:].reshape(-1)
-    inds = torch.where(scores > cfg.box_score_thresh)[0]
-    boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
-    keep = box_ops.small_box_mask(boxes, BOX_MIN_SIZE)
-    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-    kept = box_ops.batched_nms(boxes, scores, labels, cfg.box_nms_thresh)[: cfg.detections_per_img]
-    return boxes[kept], scores[kept], labels[kept]
+def class_candidates(
+    boxes: torch.Tensor, scores: torch.Tensor, proposals_filled: torch.Tensor, image_size: tuple[int, int],
+    cfg: MaskRCNNConfig,
+) -> Candidates:
+    """Class-wise ``boxes[N, P, K, 4]`` and softmax ``scores[N, P, K]`` of ``P`` proposal slots →
+    ``M = P * (K - 1)`` candidates per image, proposal-major, grouped by class label.
+
+    Clipped to the resized ``image_size``, background column dropped; valid where the proposal
+    slot is filled, ``score > box_score_thresh`` and both sides ``>= BOX_MIN_SIZE``.
+    """
+    n, p, k = scores.shape
+    boxes = box_ops.clip_boxes(boxes, image_size[0], image_size[1])[:, :, 1:].reshape(n, -1, 4)
+    labels = torch.arange(1, k, device=scores.device).view(1, 1, -1).expand(n, p, k - 1).reshape(n, -1)
+    scores = scores[:, :, 1:].reshape(n, -1)
+    valid = proposals_filled[:, :, None].expand(n, p, k - 1).reshape(n, -1) & (scores > cfg.box_score_thresh)
+    valid = valid & box_ops.sides_at_least(boxes, BOX_MIN_SIZE)
+    return Candidates(boxes, scores, labels, valid)

@@ -50,10 +50,13 @@ def clip_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 
-def small_box_mask(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
-    """``Tensor[N]`` bool: width and height both >= ``min_size``."""
-    ws = boxes[:, 2] - boxes[:, 0]
-    hs = boxes[:, 3] - boxes[:, 1]
+def sides_at_least(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
+    """``Tensor[...]`` bool, True where a ``Tensor[..., 4]`` box is at least ``min_size`` wide and high.
+
+    These are the boxes torchvision's ``remove_small_boxes`` keeps (it returns their indices).
+    """
+    ws = boxes[..., 2] - boxes[..., 0]
+    hs = boxes[..., 3] - boxes[..., 1]
     return (ws >= min_size) & (hs >= min_size)
 
 

@@ -1,12 +1,17 @@
-"""Region proposal network: FPN features → per-image proposals ``Tensor[P, 4]`` (padded-batch px).
+"""Region proposal network: FPN features + anchors → proposals, ``post_nms_top_n`` slots per image.
 
 Test-time selection exactly as torchvision's ``RegionProposalNetwork``:
 
 1. per level, the ``pre_nms_top_n`` anchors with the highest objectness logit (``topk``);
 2. decode with weights (1, 1, 1, 1), clip to the image (its resized size, not the padded one);
-3. drop boxes with a side ``< min_size`` (1e-3) and scores ``sigmoid(logit) < score_thresh``;
+3. drop boxes with a side ``< min_size`` (1e-3) and scores ``sigmoid(logit) < score_thresh``
+   (``>=`` keeps: the box head's score test is strict, as torchvision's);
 4. NMS at ``nms_thresh`` (0.7) independently per level;
 5. keep the ``post_nms_top_n`` best over all levels, by decreasing score.
+
+Steps 1–3 are :func:`proposal_candidates` (shared by both forwards), 4–5 the injected
+:class:`~engines.model.selection.SelectionOps`. Proposals are in padded-batch pixels, which
+equal resized-image pixels (the padding is on the bottom/right).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch import nn
 
 from engines.model import box_ops
 from engines.model.config import MaskRCNNConfig
+from engines.model.selection import Candidates, Selection, SelectionOps, gather_rows, select
 
 
 class RPNHead(nn.Module):
@@ -44,33 +50,50 @@ class RPNHead(nn.Module):
         return logits, deltas
 
 
-def select_proposals(
+class RPN(nn.Module):
+    """torchvision's ``RegionProposalNetwork`` at test time (parameters under ``rpn.head``)."""
+
+    def __init__(self, cfg: MaskRCNNConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.head = RPNHead(cfg.fpn_channels, cfg.num_anchors, cfg.rpn_conv_depth)
+
+    def forward(self, feats: list[torch.Tensor], anchors: list[torch.Tensor], image_size: tuple[int, int],
+                ops: SelectionOps) -> Selection:
+        """FPN ``feats`` (all levels) and one anchor ``Tensor[H_l*W_l*A, 4]`` per level → proposals.
+
+        ``image_size``: the resized ``(h, w)`` boxes are clipped to. Returns
+        ``min(post_nms_top_n, M)`` slots per image (``M``: candidates of step 1).
+        """
+        logits, deltas = self.head(feats)
+        candidates = proposal_candidates(logits, deltas, anchors, image_size, self.cfg)
+        slots = min(self.cfg.rpn_post_nms_top_n, int(candidates.scores.shape[1]))
+        return select(candidates, ops, self.cfg.rpn_nms_thresh, slots, len(logits))
+
+
+def proposal_candidates(
     logits: list[torch.Tensor],
     deltas: list[torch.Tensor],
     anchors: list[torch.Tensor],
-    image_sizes: list[tuple[int, int]],
+    image_size: tuple[int, int],
     cfg: MaskRCNNConfig,
-) -> list[torch.Tensor]:
-    """Steps 1–5 above. Returns one ``Tensor[P_i, 4]`` per image, ``P_i <= post_nms_top_n``."""
-    cand_logits, cand_boxes, cand_levels = [], [], []
+) -> Candidates:
+    """Steps 1–3: ``M = sum_l min(pre_nms_top_n, H_l*W_l*A)`` candidates per image, grouped by level.
+
+    ``logits[l]``: ``Tensor[N, H_l*W_l*A]``, ``deltas[l]``: ``Tensor[N, H_l*W_l*A, 4]``,
+    ``anchors[l]``: ``Tensor[H_l*W_l*A, 4]`` (the same for every image).
+    """
+    sel_logits, sel_boxes, sel_levels = [], [], []
     for lvl, (lg, dl, an) in enumerate(zip(logits, deltas, anchors, strict=True)):
-        k = min(cfg.rpn_pre_nms_top_n, lg.shape[1])
-        top, idx = lg.topk(k, dim=1)  # [N, k]
-        n = lg.shape[0]
-        sel = dl.gather(1, idx[..., None].expand(n, k, 4))  # [N, k, 4]
-        boxes = box_ops.decode_boxes(sel.reshape(-1, 4), an[idx.reshape(-1)], (1.0, 1.0, 1.0, 1.0))
-        cand_logits.append(top)
-        cand_boxes.append(boxes.reshape(n, k, 4))
-        cand_levels.append(torch.full((k,), lvl, dtype=torch.int64, device=lg.device))
-    all_logits = torch.cat(cand_logits, 1)
-    all_boxes = torch.cat(cand_boxes, 1)
-    all_levels = torch.cat(cand_levels)
-    scores = torch.sigmoid(all_logits)
-    out = []
-    for i, (h, w) in enumerate(image_sizes):
-        boxes = box_ops.clip_boxes(all_boxes[i], h, w)
-        keep = box_ops.small_box_mask(boxes, cfg.rpn_min_size) & (scores[i] >= cfg.rpn_score_thresh)
-        b, s, lv = boxes[keep], scores[i][keep], all_levels[keep]
-        kept = box_ops.batched_nms(b, s, lv, cfg.rpn_nms_thresh)[: cfg.rpn_post_nms_top_n]
-        out.append(b[kept])
-    return out
+        n, m = lg.shape
+        k = min(cfg.rpn_pre_nms_top_n, int(m))  # int(): a constant K when traced
+        top, idx = lg.topk(k, dim=1)
+        d = gather_rows(dl, idx)
+        a = an[idx.reshape(-1)]
+        sel_boxes.append(box_ops.decode_boxes(d.reshape(-1, 4), a, (1.0, 1.0, 1.0, 1.0)).reshape(n, k, 4))
+        sel_logits.append(top)
+        sel_levels.append(torch.full((n, k), lvl, dtype=torch.int64, device=lg.device))
+    boxes = box_ops.clip_boxes(torch.cat(sel_boxes, 1), image_size[0], image_size[1])
+    scores = torch.sigmoid(torch.cat(sel_logits, 1))
+    valid = box_ops.sides_at_least(boxes, cfg.rpn_min_size) & (scores >= cfg.rpn_score_thresh)
+    return Candidates(boxes, scores, torch.cat(sel_levels, 1), valid)
