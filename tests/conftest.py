@@ -3,12 +3,9 @@ of the ``gpu`` tests (tests/gpu: ``python3 -m pytest -m gpu``)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,14 +25,14 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Random weights calibrated on real photos: fast on CPU (~0.1 s for a 128×96 frame), with
     non-trivial boxes, scores and masks. Not a trained model: use the demo model for accuracy.
     """
-    from tv_models import SHAPE_CLASSES, build
-
     from engines.model.state_dict import detect_config, migrate_keys
     from engines.modelfile import save_model_file
+    from tools.calibrate import calibrated_model
+    from tools.scenes.shapes import CLASS_NAMES
 
-    tv = build("tiny", min_size=128, max_size=224)
+    tv = calibrated_model("tiny", min_size=128, max_size=224)
     sd = migrate_keys(tv.state_dict())
     cfg = detect_config(sd, min_size=128, max_size=224)
     path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
-    save_model_file(path, sd, cfg, SHAPE_CLASSES, name="tiny-random", source="tests: calibrated random weights")
+    save_model_file(path, sd, cfg, CLASS_NAMES, name="tiny-random", source="tests: calibrated random weights")
     return path

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from calibrate import real_images
-from tv_models import build_shared, tv_detections
 
 from engines.model.state_dict import model_from_state_dict
 from engines.parity import ParityStats, compare, compare_all
+from engines.reference import torchvision_detections
 from engines.runner import Detections
 from engines.torch_runner import TorchRunner
+from tools.calibrate import real_images, shared_calibrated_model
 
 pytestmark = pytest.mark.timeout(900)  # fixtures calibrate R50 models: slow on a loaded 2-core machine
 
@@ -63,15 +63,15 @@ def _threads() -> tuple[int, int]:
 def case(request: pytest.FixtureRequest) -> Case:
     kind, size = request.param
     lo, hi = SIZES[size]
-    tv = build_shared(kind, min_size=lo, max_size=hi, photos=PHOTOS[size])
+    tv = shared_calibrated_model(kind, min_size=lo, max_size=hi, photos=PHOTOS[size])
     frames = [f.numpy() for f in real_images()][:PHOTOS[size]]
     ours = model_from_state_dict(tv.state_dict(), min_size=lo, max_size=hi)
     runner = TorchRunner(ours, [str(i) for i in range(ours.cfg.num_classes)], kind)
     ref_threads, floor_threads = _threads()
-    reference = tv_detections(tv, frames)
+    reference = torchvision_detections(tv, frames)
     torch.set_num_threads(floor_threads)
     try:
-        floor = compare_all(reference, tv_detections(tv, frames))
+        floor = compare_all(reference, torchvision_detections(tv, frames))
     finally:
         torch.set_num_threads(ref_threads)
     return Case(kind, size, tv, runner, frames, reference, floor)
