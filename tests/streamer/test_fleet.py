@@ -18,7 +18,7 @@ from streamer.frames import Frame
 from streamer.messages import MessageSpec, frame_result
 from streamer.sinks import MqttSinkConfig
 from tests.streamer.conftest_daemon import encode_video
-from tests.streamer.test_mqtt import MOSQUITTO, Broker, Subscriber
+from tests.streamer.mqtt_broker import Broker, Subscriber, needs_mosquitto
 
 MQTT = {"type": "mqtt", "host": "broker.example", "topic": "fleet/{box}/{stream}/frames",
         "status_topic": "fleet/{box}/status"}
@@ -76,7 +76,7 @@ def test_daemon_publishes_its_box(tmp_path: Path) -> None:
     assert {(m["stream"], m["box"]) for m in messages} == {("cam1", "edge-07")}
 
 
-@pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="needs mosquitto (tools/setup.sh --test)")
+@needs_mosquitto
 def test_box_topics_and_status_when_the_box_dies(tmp_path: Path) -> None:
     """The fleet layout of docs/operations.md against a real broker: frames on
     fleet/<box>/<stream>/frames, retained online on fleet/<box>/status, and the last will's

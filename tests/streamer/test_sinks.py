@@ -8,18 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import TypeAdapter, ValidationError
 
-from engines.runner import Detections
-from streamer.metrics import StreamerCollector
-from streamer.schema import decode_rle, frame_message
+from streamer.schema import decode_rle
 from streamer.sinks import (
     JsonlSinkConfig,
     MqttSinkConfig,
-    Sink,
     SinkConfig,
     SinkSettings,
     ZmqSinkConfig,
@@ -28,44 +24,7 @@ from streamer.sinks import (
 )
 from streamer.sinks.jsonl import JsonlSink, rotate
 from streamer.sinks.registry import sink_types
-
-CLASSES = ("__background__", "circle", "square")
-
-
-def sample_message(stream: str = "cam1", index: int = 0) -> dict[str, Any]:
-    """A real frame message: two detections on a 48x64 frame, masks pasted and RLE-encoded."""
-    yy, xx = np.mgrid[:28, :28]
-    disc = (((yy - 13.5) ** 2 + (xx - 13.5) ** 2) < 12**2).astype(np.float32)
-    det = Detections(
-        boxes=np.array([[4, 4, 24, 30], [30, 10, 60, 40]], np.float32),
-        scores=np.array([0.9, 0.7], np.float32),
-        labels=np.array([1, 2], np.int64),
-        mask_probs=np.stack([disc, np.ones((28, 28), np.float32)]),
-        image_size=(48, 64),
-    )
-    return frame_message(stream, index, index / 25, det, det.box_masks(), CLASSES,
-                         extra={"stream": stream, "capture_time": 1.0e9 + index})
-
-
-def watched(sink: Sink, registry: CollectorRegistry) -> Sink:
-    """``sink``, reported on ``registry`` by a collector of its own."""
-    StreamerCollector(registry).watch_sink(sink)
-    return sink
-
-
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    value = registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
-
-
-def wait_until(condition: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return bool(condition())
-
+from tests.streamer.sink_helpers import sample, sample_message, wait_until, watched
 
 # -- configuration ------------------------------------------------------------------------------
 

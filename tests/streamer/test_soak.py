@@ -162,7 +162,7 @@ url = "{server.url}"
 def test_broker_outage_during_a_run_frames_return_and_counts_add_up(tmp_path: Path, tiny_model_path: Path) -> None:
     """mosquitto is SIGKILLed for 4 s while the daemon publishes a looping clip over MQTT with a
     small buffer: the subscriber sees frames again, and published = sent + dropped."""
-    from tests.streamer.test_mqtt import MOSQUITTO, Broker, Subscriber
+    from tests.streamer.mqtt_broker import MOSQUITTO, Broker, Subscriber
 
     if not Path(MOSQUITTO).exists():
         pytest.skip("needs the mosquitto broker (apt-get install mosquitto)")

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.schema import decode_rle
 from streamer.sinks import ZmqSinkConfig, create_sink
-from tests.streamer.test_sinks import sample, sample_message, watched
+from tests.streamer.sink_helpers import sample, sample_message, watched
 
 
 def free_endpoint() -> str:
