@@ -232,7 +232,7 @@ class Daemon:
             stream.worker.stop()
         self._batcher.close()
         waiting = (self._batcher.pending(), self._publisher.in_flight() if self._publisher else 0,
-                   self._published_total())
+                   self._frame_totals()[0])
         code = 0
         pipeline = self._pipeline
         if pipeline is not None and not await self._until(asyncio.shield(pipeline), deadline - loop.time()):
@@ -255,7 +255,7 @@ class Daemon:
 
     def _drain_summary(self, frames: int, batches: int, published_before: int) -> str:
         """What draining handled and what each sink delivered in all, for the ``drained:`` line."""
-        published = self._published_total()
+        published = self._frame_totals()[0]
         counted = [(s.name, s.stats.snapshot()) for s in self.sinks]
         sinks = "; ".join(f"sink {name}: {c.sent} sent, {c.dropped} dropped" for name, c in counted)
         return (f"{frames} queued frame(s) and {batches} batch(es) in flight at the start; "
@@ -285,10 +285,7 @@ class Daemon:
         worker.start()
 
     def _stop_stream(self, name: str, forget: bool) -> SourceWorker:
-        """Stop a stream (its thread ends in the background); its worker (next frame index, counters).
-
-        ``forget``: the stream is removed, and its series with it.
-        """
+        """Stop a stream (its thread ends in the background; ``forget``: its series go too); its worker."""
         stream = self.streams[name]
         stream.worker.stop()
         self._batcher.remove_queue(name)  # queued frames count as dropped ("shutdown")
@@ -346,15 +343,14 @@ class Daemon:
         """
         others = Counter(s.worker.state or "new" for s in self.streams.values() if s.worker.state != "up")
         detail = f" ({', '.join(f'{n} {state}' for state, n in sorted(others.items()))})" if others else ""
-        counts = [s.worker.counts.snapshot() for s in self.streams.values()]
-        published = sum(c.published for c in counts)
-        dropped = sum(c.dropped_total for c in counts)
+        published, dropped = self._frame_totals()
         return (f"{self.phase.value}; {self.streams_up()}/{len(self.streams)} streams up{detail}; "
                 f"{published} frames published, {dropped} dropped, {self._batcher.pending()} queued")
 
-    def _published_total(self) -> int:
-        """Frames published by the running streams (``sum(streamer_frames_published_total)``)."""
-        return sum(s.worker.counts.snapshot().published for s in self.streams.values())
+    def _frame_totals(self) -> tuple[int, int]:
+        """Frames published and dropped by the running streams (the sums of their series)."""
+        counts = [s.worker.counts.snapshot() for s in self.streams.values()]
+        return sum(c.published for c in counts), sum(c.dropped_total for c in counts)
 
     def _counts_of(self, name: str) -> StreamCounts | None:
         stream = self.streams.get(name)
