@@ -95,7 +95,7 @@ def rotate(path: str, backups: int) -> None:
 
 
 class JsonlSink(BufferedSink):
-    """Writes each message as one compact JSON line (``streamer.schema.dumps``)."""
+    """Writes each message as one compact JSON line (``streamer.frame_json.dumps``)."""
 
     def __init__(self, cfg: JsonlSinkConfig) -> None:
         super().__init__(cfg.label, cfg.mask_encoding, cfg.buffer)
