@@ -100,10 +100,15 @@ class TorchvisionDefaults(NamedTuple):
 
 
 def torchvision_defaults(cfg: MaskRCNNConfig) -> TorchvisionDefaults:
-    """The heads of ``cfg`` that torchvision creates by itself (ValueError: RoI sizes it cannot pool)."""
-    if cfg.box_roi_size != 7 or cfg.mask_roi_size != 14:
-        raise ValueError(f"torchvision's MultiScaleRoIAlign pools 7x7 boxes and 14x14 masks; the config has "
-                         f"box_roi_size {cfg.box_roi_size}, mask_roi_size {cfg.mask_roi_size}")
+    """The heads of ``cfg`` that torchvision creates by itself.
+
+    ValueError when ``cfg`` pools RoIs otherwise than torchvision's ``MultiScaleRoIAlign`` (7x7
+    boxes, 14x14 masks, sampling ratio 2, ``aligned=False``): no torchvision model equals it.
+    """
+    roi = (cfg.box_roi_size, cfg.mask_roi_size, cfg.roi_sampling_ratio, cfg.roi_aligned)
+    if roi != (7, 14, 2, False):
+        raise ValueError("torchvision pools RoIs with box_roi_size 7, mask_roi_size 14, roi_sampling_ratio 2, "
+                         f"roi_aligned False; the config has {roi[0]}, {roi[1]}, {roi[2]}, {roi[3]}")
     return TorchvisionDefaults(
         rpn_head=cfg.rpn_conv_depth == 1,
         box_head=cfg.box_head == "mlp" and cfg.box_representation == TORCHVISION_BOX_REPRESENTATION,
