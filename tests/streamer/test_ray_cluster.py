@@ -21,6 +21,7 @@ import io
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +33,7 @@ pytest.importorskip("ray", reason="Ray is not installed (pip install '.[ray]', o
 if (_why := netns_available()) is not None:
     pytestmark = pytest.mark.skip(reason=f"real Ray cluster test: {_why}")
 
+REPO = Path(__file__).resolve().parents[2]
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 """One torch thread per process: locally and on each worker (2 cores, shared)."""
 
@@ -79,7 +81,10 @@ def cluster_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         {"argv": [*streamer, "short.mp4", "--ray", "127.0.0.1:1", "--out", "x.jsonl"],
          "cwd": str(work), "env": ENV},
     ]}
-    report = run_in_namespace(steps, work, timeout_s=200)
+    with pytest.MonkeyPatch.context() as env:
+        # the cluster's processes (drivers, nodes, workers) run this checkout's packages, installed or not
+        env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        report = run_in_namespace(steps, work, timeout_s=200)
     return {"work": work, "local": out.getvalue(), "errors": errors.getvalue(), "report": report}
 
 
