@@ -17,12 +17,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from streamer.batching import LoopHandoff, StreamQueue
 from streamer.config import SourceConfig
 from streamer.frames import Frame
-from streamer.metrics import StreamerMetrics
 from streamer.sources import SourceWorker
 from tests.streamer.conftest_daemon import (
     DaemonProcess,
@@ -45,24 +43,17 @@ def test_stall_watchdog_reconnects_a_frozen_rtsp_stream() -> None:
     """SIGSTOP freezes the server: no packet for stall_timeout_s → backoff and reconnect
     attempts; SIGCONT → the stream comes back up and frames flow again."""
 
-    async def scenario(server: RtspServer) -> tuple[list[str], list[Frame], float]:
+    async def scenario(server: RtspServer) -> tuple[list[str], list[str], list[Frame], float]:
         loop = asyncio.get_running_loop()
         frames: list[Frame] = []
         queue = StreamQueue("cam", 8, True, lambda f, r: None)
         queue.listen(lambda: frames.extend(queue.pop() for _ in range(len(queue))))
-        metrics = StreamerMetrics(CollectorRegistry())
         states: list[str] = []
-        record = metrics.set_stream_state
-
-        def record_state(stream: str, state: str) -> None:
-            states.append(state)
-            record(stream, state)
-
-        metrics.set_stream_state = record_state  # type: ignore[method-assign]
         cfg = SourceConfig.model_validate({
             "name": "cam", "url": server.url, "transport": "tcp", "stall_timeout_s": 1.5,
             "open_timeout_s": 2.0, "reconnect": {"initial_delay_s": 0.2, "max_delay_s": 1.0}})
-        worker = SourceWorker(cfg, LoopHandoff(loop, queue, threading.Event()), metrics, rng=random.Random(0))
+        worker = SourceWorker(cfg, LoopHandoff(loop, queue, threading.Event()), rng=random.Random(0),
+                              on_state=lambda stream, state: states.append(state))
         worker.start()
         try:
             while len(frames) < 10:
@@ -77,15 +68,18 @@ def test_stall_watchdog_reconnects_a_frozen_rtsp_stream() -> None:
             resumed = loop.time()
             while len(frames) < before + 10:
                 await asyncio.sleep(0.05)
-            return states, frames, loop.time() - resumed
+            running = list(states)
+            recovery = loop.time() - resumed
         finally:
             worker.stop()
             await asyncio.to_thread(worker.join, 5.0)
+        return running, states, frames, recovery
 
     with RtspServer(fps=15) as server:
-        states, frames, recovery = asyncio.run(asyncio.wait_for(scenario(server), 60))
+        running, states, frames, recovery = asyncio.run(asyncio.wait_for(scenario(server), 60))
     print(f"\nrecovered {recovery:.2f} s after the server resumed; states {states}")
-    assert states[:2] == ["connecting", "up"] and "backoff" in states and states[-1] == "up"
+    assert running[:2] == ["connecting", "up"] and "backoff" in running and running[-1] == "up"
+    assert states == [*running, "ended"], "stop() ends the stream"
     indices = [f.index for f in frames]
     assert indices == sorted(set(indices))
     assert frames[0].image.shape == (96, 128, 3)
