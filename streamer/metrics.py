@@ -152,7 +152,7 @@ class StreamerCollector:
     # -- the prometheus_client collector protocol -------------------------------------------
 
     def describe(self) -> Iterator[Metric]:
-        """The families without samples (lets the registry refuse a second registration)."""
+        """The families, without streams, sinks and queues (lets a registry refuse a second collector)."""
         yield from self._families(streams=[], sinks=[], queues=[], info={})
 
     def collect(self) -> Iterator[Metric]:
