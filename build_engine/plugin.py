@@ -169,7 +169,7 @@ def register_plugin(
     if stale_builder_risk(getattr(trt, "__version__", "")):
         warnings.warn(
             f"TensorRT {trt.__version__} may reuse a stale shape-expression builder across plugin nodes (fixed in "
-            "10.15, unconfirmed); the plugin uses the safe form, and tools/trt_verify.py's two-pooler check "
+            "10.15, unconfirmed); the plugin uses the safe form, and the two-pooler gpu test (tests/gpu/test_plugin_network.py) "
             "settles it on this machine", stacklevel=2)
     define_plugin(trt, trtp, target)
     _registered_for = target

@@ -35,6 +35,7 @@ def test_runner_pasted_masks_equal_host_paste_and_are_used(tiny_model_path: Path
     assert [m.area for m in pasting.box_masks(0.9)] == [m.area for m in plain.box_masks(0.9)]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 def test_cuda_runner_equals_cpu_runner(tiny_model_path: Path) -> None:
     lm = load_model(tiny_model_path)

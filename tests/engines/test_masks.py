@@ -100,6 +100,7 @@ def test_device_masks_come_to_the_host_in_order() -> None:
     assert out[2][2].tolist() == [[False], [True]]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 def test_gpu_paste_equals_host_paste() -> None:
     rng = np.random.default_rng(7)

@@ -1,5 +1,5 @@
 """TensorRT runner: manifest checks on recorded manifests, locking and close semantics with a stand-in
-engine session here; the engine itself on the GPU box (and ``tools/trt_verify.py``)."""
+engine session here; the engine itself on the GPU box (``tests/gpu/test_trt_engines.py``, ``-m gpu``)."""
 
 from __future__ import annotations
 
@@ -212,6 +212,7 @@ def test_close_is_idempotent_and_infer_after_close_is_refused() -> None:
 
 
 # --------------------------------------------------------------------------- the real engine (GPU box)
+@pytest.mark.gpu
 @pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT libraries (libnvinfer) not installed")
 def test_engine_runs_on_another_thread_and_matches_pytorch(tiny_model_path: Path, tmp_path: Path) -> None:
     if not torch.cuda.is_available():
