@@ -4,10 +4,12 @@
 daemon's :class:`~streamer.inference.Publisher` calls :meth:`StreamTrackers.track` in its
 ordered publish step, so each stream's tracker sees that stream's frames in frame order even
 though batches are postprocessed on a pool of threads (tracking costs well under a millisecond
-per frame, so it stays on the event loop; ``stage_cpu_seconds_total{stage="track"}``)::
+per frame, so it stays on the event loop; the publisher records its CPU time as
+``stage_cpu_seconds_total{stage="track"}`` and the returned :class:`~streamer.tracking.TrackOutput`'s
+counts in the stream's counters)::
 
-    trackers = StreamTrackers(cfg.tracking, score_threshold, time_of=frame_time, metrics=metrics)
-    trackers.track(frame, result)          # adds "track_id" to result.messages' instances
+    trackers = StreamTrackers(cfg.tracking, time_of=frame_time)
+    out = trackers.track(frame, result)    # adds "track_id" to result.messages' instances
 
 Reloads (SIGHUP): :meth:`drop` forgets a removed stream's tracker; :meth:`restart` makes a
 changed stream start a fresh tracker at its first new frame (frames of the old source still in
@@ -17,9 +19,7 @@ the process: a fresh tracker continues numbering after the last id handed out.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,9 +28,6 @@ from streamer.frames import Frame
 from streamer.messages import FrameResult, add_track_ids
 from streamer.tracking import Tracker, TrackOutput
 from streamer.tracking_config import TrackingConfig
-
-if TYPE_CHECKING:
-    from streamer.metrics import StreamerMetrics
 
 TimeOf = Callable[[Frame], "float | None"]
 
@@ -62,12 +59,10 @@ def track_result(tracker: Tracker, frame: Frame, result: FrameResult, t: float |
 class StreamTrackers:
     """The trackers of every stream, created at a stream's first frame."""
 
-    def __init__(self, cfg: TrackingConfig, time_of: TimeOf = pts_time,
-                 metrics: StreamerMetrics | None = None) -> None:
+    def __init__(self, cfg: TrackingConfig, time_of: TimeOf = pts_time) -> None:
         self.cfg = cfg
         self.time_of = time_of
         """The frame time (s) a stream's tracker uses: pts for files, capture time for live streams."""
-        self.metrics = metrics
         self._trackers: dict[str, Tracker] = {}
         self._restart_at: dict[str, int] = {}
         self._next_id: dict[str, int] = {}
@@ -77,16 +72,7 @@ class StreamTrackers:
 
     def track(self, frame: Frame, result: FrameResult) -> TrackOutput:
         """Track one frame of ``frame.stream`` (call in frame order per stream)."""
-        start = time.thread_time()
-        tracker = self._tracker(frame)
-        out = track_result(tracker, frame, result, self.time_of(frame))
-        if self.metrics is not None:
-            m = self.metrics
-            m.tracks_active.labels(stream=frame.stream).set(out.active)
-            if out.started:
-                m.tracks_started.labels(stream=frame.stream).inc(out.started)
-            m.stage_cpu.labels("track").inc(time.thread_time() - start)
-        return out
+        return track_result(self._tracker(frame), frame, result, self.time_of(frame))
 
     def drop(self, stream: str) -> None:
         """Forget ``stream``'s tracker (a stream removed by a reload); its ids are not reused."""

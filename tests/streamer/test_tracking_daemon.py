@@ -4,6 +4,7 @@ metrics, and the reload rules (removed stream: tracker dropped; changed stream: 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,8 @@ from engines.runner import Detections
 from streamer.frames import Frame
 from streamer.inference import Publisher
 from streamer.messages import MessageSpec
-from streamer.metrics import StreamerMetrics
+from streamer.metrics import PipelineStats, StreamerCollector
+from streamer.stats import StreamCounts
 from streamer.tracking_config import TrackingConfig
 from streamer.tracking_pipeline import StreamTrackers, capture_time
 
@@ -44,15 +46,15 @@ def detections(index: int) -> Detections:
                       np.ones(k, np.int64), np.ones((k, 28, 28), np.float32), (H, W))
 
 
-def run(batches: list[list[Frame]], trackers: StreamTrackers, metrics: StreamerMetrics,
-        between: dict[int, Any] | None = None) -> list[dict[str, Any]]:
+def run(batches: list[list[Frame]], trackers: StreamTrackers, stats: PipelineStats,
+        counts: dict[str, StreamCounts], between: dict[int, Any] | None = None) -> list[dict[str, Any]]:
     """Publish ``batches`` through a 4-worker publisher; ``between[i]()`` runs before batch i."""
     sink = ListSink()
 
     async def main() -> None:
         spec = MessageSpec(("__background__", "thing"), frozenset({"rle"}), 0.5)
-        pub = Publisher([sink], spec, metrics, workers=4, max_in_flight=8,  # type: ignore[list-item]
-                        active=lambda s: True, trackers=trackers)
+        pub = Publisher([sink], spec, stats, workers=4, max_in_flight=8,  # type: ignore[list-item]
+                        counts_of=counts.get, trackers=trackers)
         publishing = asyncio.create_task(pub.run())
         for i, batch in enumerate(batches):
             if between and i in between:
@@ -71,10 +73,13 @@ def ids(messages: list[dict[str, Any]], stream: str) -> list[list[int | None]]:
 
 
 def test_each_stream_tracked_in_frame_order_with_metrics() -> None:
-    metrics = StreamerMetrics(reg := CollectorRegistry())
-    trackers = StreamTrackers(TrackingConfig(min_hits=2), capture_time, metrics)
+    collector = StreamerCollector(reg := CollectorRegistry())
+    counts = {name: StreamCounts() for name in ("a", "b")}
+    for name, c in counts.items():
+        collector.watch_stream(name, SimpleNamespace(counts=c, state="up"))
+    trackers = StreamTrackers(TrackingConfig(min_hits=2), capture_time)
     batches = [[frame("a", i), frame("b", i)] for i in range(20)]
-    messages = run(batches, trackers, metrics)
+    messages = run(batches, trackers, collector.pipeline, counts)
     for stream in ("a", "b"):
         got = ids(messages, stream)
         assert [m["frame"] for m in messages if m["stream"] == stream] == list(range(20))
@@ -86,8 +91,8 @@ def test_each_stream_tracked_in_frame_order_with_metrics() -> None:
 
 
 def test_reload_drops_a_removed_streams_tracker_and_restarts_a_changed_one() -> None:
-    metrics = StreamerMetrics(CollectorRegistry())
-    trackers = StreamTrackers(TrackingConfig(min_hits=1), capture_time, metrics)
+    counts = {name: StreamCounts() for name in ("chg", "gone")}
+    trackers = StreamTrackers(TrackingConfig(min_hits=1), capture_time)
     batches = [[frame("chg", i), frame("gone", i)] for i in range(10)]
     batches += [[frame("chg", i)] for i in range(10, 20)]  # a changed source numbers on
     batches += [[frame("gone", 0)]]                         # a stream of that name added back later
@@ -97,7 +102,7 @@ def test_reload_drops_a_removed_streams_tracker_and_restarts_a_changed_one() -> 
         trackers.drop("gone")
         assert "gone" not in trackers
 
-    messages = run(batches, trackers, metrics, between={10: reload})
+    messages = run(batches, trackers, PipelineStats(), counts, between={10: reload})
     chg = ids(messages, "chg")
     assert all(g[0] == 1 for g in chg[:10]) and all(g[0] == 3 for g in chg[10:])  # new tracker, new ids
     assert chg[5:10] == [[1, 2]] * 5
