@@ -168,7 +168,7 @@ def test_config_check_loads_no_model_runtime_and_no_mask_encoder() -> None:
     heavy = {"torch", "numpy", "av", "pycocotools", "engines.runner", "engines.masks"}
     assert not heavy & imported, sorted(heavy & imported)
 
-# -- secrets never in errors; permanent mistakes refused (issue 11) -------------------------------
+# -- secrets never in errors; permanent mistakes refused -----------------------------------------
 
 SECRET = "s3cretPW"
 

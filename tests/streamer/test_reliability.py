@@ -1,4 +1,4 @@
-"""Operator-grade reliability (issue 11), reproduced with real processes and real inputs.
+"""Operator-grade reliability, reproduced with real processes and real inputs.
 
 - A truncated faststart MP4 and a text file get the same verdict from ``streamer run`` as from
   ``streamer process`` (one decode path, ``streamer.media.open_media``).

@@ -100,7 +100,7 @@ def _kept_frames_video(path: Path, kept: list[int], size: tuple[int, int]) -> No
 
 @pytest.mark.timeout(900)  # ~15 s of inference on an idle 2-core machine; shared CI boxes are slower
 def test_idf1_of_the_demo_model_on_an_unseen_video(tmp_path: Path) -> None:
-    """Issue 12's targets on a short unseen video: IDF1 >= 0.9 with all frames, >= 0.8 with a
+    """The tracking targets on a short unseen video: IDF1 >= 0.9 with all frames, >= 0.8 with a
     third of them dropped (the same detections, frames missing from the file: pts-timed)."""
     from engines.loading import load_runner
 
