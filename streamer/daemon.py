@@ -52,7 +52,7 @@ from streamer.http import HealthState, HttpServer, start_http_server
 from streamer.inference import InferenceWorker, Publisher, run_pipeline
 from streamer.messages import MessageSpec
 from streamer.metrics import PipelineStats, StreamerCollector
-from streamer.sdnotify import Notifier, pipeline_alive, watchdog_period
+from streamer.sdnotify import Notifier, WatchdogPinger, pipeline_alive, watchdog_period
 from streamer.sinks import Sink, create_sink
 from streamer.sources import SourceWorker
 from streamer.stats import DropReason, StreamCounts
@@ -119,7 +119,8 @@ class Daemon:
         self._reload_requested = False
         self._interrupts = 0
         self._watchdog = watchdog_period()
-        self._withholding = False
+        self._pinger = (WatchdogPinger(self.notifier, self._watchdog)
+                        if self.notifier is not None and self._watchdog is not None else None)
 
     # -- phases ---------------------------------------------------------------------------------
 
@@ -189,7 +190,7 @@ class Daemon:
             self.notifier.ready(self.status_line())
 
     async def _running(self) -> int:
-        next_status = next_ping = 0.0
+        next_status = 0.0
         while True:
             now = time.monotonic()
             self.health.loop_heartbeat = now
@@ -204,18 +205,8 @@ class Daemon:
             if self.notifier and now >= next_status:
                 self.notifier.status(self.status_line())
                 next_status = now + self.cfg.systemd.status_interval_s
-            if self.notifier and self._watchdog and now >= next_ping:
-                alive = self._pipeline_alive(now)
-                if alive:
-                    self.notifier.watchdog()
-                if alive == self._withholding:
-                    self._withholding = not alive
-                    if alive:
-                        log.info("inference completes batches again; systemd watchdog pings resumed")
-                    else:
-                        log.warning("inference has not completed a batch for %.1f s; withholding the "
-                                    "systemd watchdog ping", now - self._worker_last_completed())
-                next_ping = now + self._watchdog / 2
+            if self._pinger is not None:
+                self._pinger.tick(now, self._pipeline_alive, self._worker_last_completed)
             if self.streams and all(s.worker.state in ("ended", "failed") for s in self.streams.values()):
                 failed = sorted(n for n, s in self.streams.items() if s.worker.state == "failed")
                 log.info("every source has ended%s", f" (failed: {', '.join(failed)})" if failed else "")

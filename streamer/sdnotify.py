@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger("streamer.sdnotify")
 
@@ -79,3 +79,31 @@ def pipeline_alive(now: float, last_completed: float, busy_since: float | None, 
     (busy, nothing completed for a period) stops the pings, and systemd restarts the service."""
     idle = busy_since is None and pending == 0
     return idle or now - last_completed <= period
+
+
+class WatchdogPinger:
+    """Pings systemd's watchdog twice per ``period`` while the pipeline is alive, withholds the
+    ping while it is not (:func:`pipeline_alive`), and logs once when it starts withholding and
+    once when it resumes."""
+
+    def __init__(self, notifier: Notifier, period: float) -> None:
+        self.notifier = notifier
+        self.period = period
+        self.withholding = False
+        self._next = 0.0
+
+    def tick(self, now: float, alive: Callable[[float], bool], last_completed: Callable[[], float]) -> None:
+        """Call often (every ``period / 4`` at least): pings when one is due and ``alive(now)``."""
+        if now < self._next:
+            return
+        is_alive = alive(now)
+        if is_alive:
+            self.notifier.watchdog()
+        if is_alive == self.withholding:
+            self.withholding = not is_alive
+            if is_alive:
+                log.info("inference completes batches again; systemd watchdog pings resumed")
+            else:
+                log.warning("inference has not completed a batch for %.1f s; withholding the "
+                            "systemd watchdog ping", now - last_completed())
+        self._next = now + self.period / 2

@@ -8,6 +8,8 @@ JSONL it writes and its /metrics endpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import re
 import signal
@@ -23,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.config import StreamerConfig
 from streamer.daemon import Daemon
-from streamer.sdnotify import Notifier, pipeline_alive, watchdog_period
+from streamer.sdnotify import Notifier, WatchdogPinger, pipeline_alive, watchdog_period
 from tests.streamer.conftest_daemon import (
     DaemonProcess,
     NotifyListener,
@@ -120,6 +122,37 @@ class FailingRunner:
 
     def close(self) -> None:
         pass
+
+
+def test_watchdog_pinger_pings_twice_per_period_and_withholds_while_stuck(caplog: pytest.LogCaptureFixture) -> None:
+    name = f"streamer-pinger-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind("\0" + name)
+        listener.setblocking(False)
+
+        def received() -> list[bytes]:
+            got = []
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    got.append(listener.recv(64))
+            return got
+
+        pinger = WatchdogPinger(Notifier("@" + name), period=2.0)
+        alive = True
+        with caplog.at_level(logging.INFO, logger="streamer.sdnotify"):
+            for now, expect in [(0.0, [b"WATCHDOG=1"]), (0.5, []), (1.0, [b"WATCHDOG=1"])]:
+                pinger.tick(now, lambda _: alive, lambda: 0.0)
+                assert received() == expect, now
+            alive = False
+            for now in (2.0, 3.0, 4.0):  # stuck: due ticks send nothing; one warning
+                pinger.tick(now, lambda _: alive, lambda: 0.5)
+                assert received() == []
+            alive = True
+            pinger.tick(5.0, lambda _: alive, lambda: 4.9)
+            assert received() == [b"WATCHDOG=1"]
+        messages = [r.getMessage() for r in caplog.records]
+        assert messages == ["inference has not completed a batch for 1.5 s; withholding the systemd watchdog ping",
+                            "inference completes batches again; systemd watchdog pings resumed"]
 
 
 def test_status_line_and_metrics_read_the_same_counters(tmp_path: Path) -> None:
