@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.streamer.conftest_daemon import free_port, wait_for
+from tests.streamer.daemon_process import free_port, wait_for
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 needs_mosquitto = pytest.mark.skipif(

@@ -23,7 +23,7 @@ from streamer.messages import MessageSpec
 from streamer.metrics import PipelineStats
 from streamer.sinks.base import Sink
 from streamer.stats import SinkCounts, StreamCounts
-from tests.streamer.conftest_daemon import encode_video
+from tests.streamer.daemon_process import encode_video
 
 
 def frame(stream: str, index: int, size: tuple[int, int] = (96, 128), age: float = 0.0) -> Frame:

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from streamer.config import StreamerConfig
 from streamer.daemon import Daemon
 from streamer.sdnotify import Notifier, WatchdogPinger, pipeline_alive, watchdog_period
-from tests.streamer.conftest_daemon import (
+from tests.streamer.daemon_process import (
     DaemonProcess,
     NotifyListener,
     encode_video,

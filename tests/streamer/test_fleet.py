@@ -17,7 +17,7 @@ from streamer.config import ConfigError, validate_config
 from streamer.frames import Frame
 from streamer.messages import MessageSpec, frame_result
 from streamer.sinks import MqttSinkConfig
-from tests.streamer.conftest_daemon import encode_video
+from tests.streamer.daemon_process import encode_video
 from tests.streamer.mqtt_broker import Broker, Subscriber, needs_mosquitto
 
 MQTT = {"type": "mqtt", "host": "broker.example", "topic": "fleet/{box}/{stream}/frames",

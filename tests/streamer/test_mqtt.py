@@ -19,7 +19,7 @@ from streamer.metrics import StreamerCollector
 from streamer.schema import decode_rle
 from streamer.sinks import MqttSinkConfig, create_sink
 from streamer.sinks.mqtt import topic_for
-from tests.streamer.conftest_daemon import free_port
+from tests.streamer.daemon_process import free_port
 from tests.streamer.mqtt_broker import Broker, Subscriber, needs_mosquitto
 from tests.streamer.sink_helpers import sample, sample_message, wait_until, watched
 

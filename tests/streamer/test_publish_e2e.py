@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from tests.streamer.conftest_daemon import (
+from tests.streamer.daemon_process import (
     DAEMON_ENV,
     REPO,
     DaemonProcess,

@@ -32,7 +32,7 @@ from streamer.config import SourceConfig
 from streamer.frames import Frame
 from streamer.metrics import StreamerCollector
 from streamer.sources import SourceWorker
-from tests.streamer.conftest_daemon import (
+from tests.streamer.daemon_process import (
     REPO,
     DaemonProcess,
     RtspServer,

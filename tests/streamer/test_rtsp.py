@@ -22,7 +22,7 @@ from streamer.batching import LoopHandoff, StreamQueue
 from streamer.config import SourceConfig
 from streamer.frames import Frame
 from streamer.sources import SourceWorker
-from tests.streamer.conftest_daemon import (
+from tests.streamer.daemon_process import (
     DaemonProcess,
     RtspServer,
     free_port,

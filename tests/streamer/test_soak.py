@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.streamer.conftest_daemon import (
+from tests.streamer.daemon_process import (
     DaemonProcess,
     RtspServer,
     encode_video,

@@ -18,7 +18,7 @@ from streamer.config import SourceConfig
 from streamer.frames import Frame
 from streamer.sources import SourceWorker
 from streamer.stats import StageCpu, StreamState
-from tests.streamer.conftest_daemon import encode_video, free_port
+from tests.streamer.daemon_process import encode_video, free_port
 
 
 @pytest.fixture(scope="module")
