@@ -28,7 +28,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from engines.manifest import Precision
+from engines.build_command import Precision
 from engines.parity import GateMarks, GateStats, Tolerances, judge_frame
 from engines.runner import Runner
 

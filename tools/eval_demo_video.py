@@ -3,7 +3,7 @@
 Each video (seeds ``EVAL_VIDEO_SEED_BASE + i``, disjoint from every training seed) is encoded as
 H.264, decoded with PyAV and run through the runner and ``streamer.messages`` exactly as ``streamer process`` does
 (score >= 0.5, masks pasted at 0.5). Ground-truth instances of >= 400 px are matched greedily by mask IoU
-(``streamer.demo.matching``); the figures are found / total, mean IoU of the found, classes right,
+(``tools.matching``); the figures are found / total, mean IoU of the found, classes right,
 the same for shapes cut by the frame border, and the class confusion.
 
     python3 -m tools.eval_demo_video --videos 12                     # the shipped model file
@@ -22,10 +22,10 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from engines.loading import load_runner
-from streamer.demo.matching import MatchTally, match_frame
 from streamer.media import open_media
 from streamer.messages import MessageSpec, frame_result
 from streamer.offline import ProcessOptions
+from tools.matching import MatchTally, match_frame
 from tools.package_demo import package
 from tools.scenes.shapes import CLASS_NAMES
 from tools.scenes.video import generate_video

@@ -14,7 +14,7 @@ video; the tracker then runs twice over the same detections:
 
 Scoring (``motmetrics``, box IoU >= 0.5): hypotheses are the published instances with a
 ``track_id`` (null ids are not hypotheses). Ground-truth instances under 400 visible pixels
-(``streamer.demo.matching.MIN_AREA``, as in the detection evaluation) are "don't care": they are
+(``tools.matching.MIN_AREA``, as in the detection evaluation) are "don't care": they are
 left out, and so are the hypotheses that match only them.
 
     python3 -m tools.eval_tracking                          # 3 videos x 4 s (300 frames)
@@ -43,9 +43,9 @@ from streamer.messages import FrameResult, MessageSpec, frame_result
 from streamer.offline import ProcessOptions
 from streamer.tracking import Tracker, TrackOutput, box_iou
 from streamer.tracking_config import TrackingConfig
-from streamer.tracking_eval import FrameTruth, accumulate, ground_truth, render, summarize
 from streamer.tracking_pipeline import track_result
 from tools.scenes.video import generate_video
+from tools.tracking_eval import FrameTruth, accumulate, ground_truth, render, summarize
 
 FPS = 25.0
 """Frame rate of the generated videos (tools.scenes.video.generate_video's default)."""

@@ -1,4 +1,4 @@
-"""The demo's shipped data and its scoring: the sample video, its ground truth, COCOeval, matching.
+"""The demo's shipped data and its scoring: the sample video, its ground truth, COCOeval.
 
 The scene generator that made the sample lives in the source checkout (:mod:`tools.scenes`),
 not in the installed package.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer.demo.matching import MatchTally, match_frame
+from tools.matching import MatchTally, match_frame
 from tools.scenes.shapes import generate_image
 
 

@@ -14,10 +14,10 @@ from engines.loading import demo_model_path, load_model, load_runner
 from engines.modelfile import REQUIRED_METADATA, read_metadata
 from engines.presets import preset
 from engines.reference import torchvision_model
-from streamer.demo.matching import MatchTally, match_frame
 from streamer.media import open_media
 from streamer.offline import ProcessOptions, process_inputs
 from streamer.schema import decode_rle
+from tools.matching import MatchTally, match_frame
 from tools.scenes.shapes import CLASS_NAMES
 from tools.scenes.video import generate_video
 

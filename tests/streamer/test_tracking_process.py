@@ -17,9 +17,9 @@ import pytest
 
 from engines.runner import Detections, Runner
 from streamer.offline import ProcessOptions, process_inputs
-from streamer.tracking_eval import accumulate, ground_truth, render, summarize
 from tests.streamer.media_files import FixedRunner
 from tools.scenes.video import generate_video
+from tools.tracking_eval import accumulate, ground_truth, render, summarize
 
 UNSEEN_SEED = 7_100_021  # unseen (7e6+ range: no training or evaluation seed); the busiest 1.6 s scene
 # of seeds 7_100_000..7_100_039: 7 objects of >= 400 px, 270 object-frames

@@ -1,15 +1,15 @@
 """Scoring published track ids against the demo generator's ground truth with ``motmetrics``.
 
-Shared by ``tools/eval_tracking.py`` and the tests. ``motmetrics`` (extra ``test``) is imported
-when scoring, never by the daemon::
+A development tool (not in the installed package), shared by ``tools.eval_tracking`` and the
+tests; ``motmetrics`` (extra ``test``) is imported when scoring::
 
-    gt = ground_truth(coco)                                 # from streamer.demo.video.generate_video
+    gt = ground_truth(coco)                                 # from tools.scenes.video.generate_video
     acc = accumulate(gt, [(frame_index, message), ...])     # frame messages with "track_id"
     summary = summarize([acc], ["video"])                   # pandas DataFrame, row "OVERALL"
 
 Hypotheses are the published instances with a non-null ``track_id``; a match needs box IoU >=
 ``MIN_IOU``. Ground-truth instances under ``MIN_AREA`` visible pixels (as in the detection
-evaluation, :mod:`streamer.demo.matching`) are "don't care": left out, together with the
+evaluation, :mod:`tools.matching`) are "don't care": left out, together with the
 hypotheses that match only them.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamer.demo.matching import MIN_AREA
 from streamer.tracking import box_iou
+from tools.matching import MIN_AREA
 
 MIN_IOU = 0.5
 METRICS = ["idf1", "idp", "idr", "mota", "num_switches", "num_false_positives", "num_misses",

@@ -1,7 +1,7 @@
 """Per-frame instance matching of predicted masks to ground truth: found / IoU / class right.
 
 Evaluation code for the demo model: its end-to-end test (tests/streamer/test_demo_model.py),
-``tools.eval_demo_video`` and the tracking evaluation (:mod:`streamer.tracking_eval`) score a
+``tools.eval_demo_video`` and the tracking evaluation (:mod:`tools.tracking_eval`) score a
 video this way: every ground-truth instance with at least ``min_area`` visible pixels takes the
 unclaimed prediction with the highest mask IoU; it is *found* when that IoU is at least
 ``min_iou``, and its class is *right* when the prediction's label equals the ground truth's.
