@@ -41,8 +41,6 @@ def torch_device(device: str | devices.Device) -> torch.device:
     return torch.device(str(dev))
 
 
-parse_device = torch_device
-"""The former name of :func:`torch_device`."""
 
 
 FOLD_NORMS_BY_DEFAULT = False

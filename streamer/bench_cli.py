@@ -29,7 +29,7 @@ import torch
 from engines.loading import ModelLoadError, load_model
 from engines.parity import GateMarks, GateStats, judge_frame, perturbed_copy
 from engines.runner import Detections
-from engines.torch_runner import TorchRunner, parse_device
+from engines.torch_runner import TorchRunner, torch_device
 
 BENCH_INSTALL = "pip install 'maskrcnn-streamer[bench]'"
 """How to install what ``streamer bench`` needs beyond the runtime (torchvision)."""
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        device = parse_device(args.device)
+        device = torch_device(args.device)
         lm = load_model(args.model)
     except (ModelLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
