@@ -41,8 +41,6 @@ def torch_device(device: str | devices.Device) -> torch.device:
     return torch.device(str(dev))
 
 
-
-
 FOLD_NORMS_BY_DEFAULT = False
 """Batch norms stay unfolded by default (measured in ``docs/performance.md`` §2).
 
