@@ -9,9 +9,9 @@ Test-time selection exactly as torchvision's ``RegionProposalNetwork``:
 4. NMS at ``nms_thresh`` (0.7) independently per level;
 5. keep the ``post_nms_top_n`` best over all levels, by decreasing score.
 
-Steps 1–3 are :func:`proposal_candidates` (shared by both forwards), 4–5 the injected
-:class:`~engines.model.selection.SelectionOps`. Proposals are in padded-batch pixels, which
-equal resized-image pixels (the padding is on the bottom/right).
+Steps 1–3 are :func:`proposal_candidates`, 4–5 :func:`~engines.model.selection.select` with
+the injected :class:`~engines.model.selection.SelectionOps`. Proposals are in padded-batch
+pixels, which equal resized-image pixels (the padding is on the bottom/right).
 """
 
 from __future__ import annotations
