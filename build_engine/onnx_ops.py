@@ -1,6 +1,6 @@
 """Graph versions of the static model's NMS and RoIAlign, for :meth:`MaskRCNN.forward_static`.
 
-:class:`GraphOps` is a :class:`~engines.model.maskrcnn.StaticOps` whose two operations are
+:class:`GraphOps` is a :class:`~engines.model.selection.StaticOps` whose two operations are
 ``torch.autograd.Function`` s with an ONNX ``symbolic``: the TorchScript exporter calls
 their eager ``forward`` while tracing (so the traced values equal the eager static mode)
 and writes the nodes below in their place.
@@ -45,7 +45,7 @@ from build_engine.plugin_spec import (
     PLUGIN_VERSION,
     onnx_attributes,
 )
-from engines.model.maskrcnn import StaticOps
+from engines.model.selection import StaticOps
 from engines.roi_align import (
     RoIAlignParams,
     axis_samples,
