@@ -48,6 +48,7 @@ from streamer.config import (
     with_defaults,
 )
 from streamer.frames import Frame
+from streamer.heap import TRIM_INTERVAL_S, release_free_heap
 from streamer.http import HealthState, HttpServer, start_http_server
 from streamer.inference import InferenceWorker, Publisher, run_pipeline
 from streamer.messages import MessageSpec
@@ -190,7 +191,7 @@ class Daemon:
             self.notifier.ready(self.status_line())
 
     async def _running(self) -> int:
-        next_status = 0.0
+        next_status = next_trim = 0.0
         while True:
             now = time.monotonic()
             self.health.loop_heartbeat = now
@@ -202,6 +203,9 @@ class Daemon:
             if self._pipeline is not None and self._pipeline.done():
                 log.error("the inference pipeline stopped unexpectedly: %r", self._pipeline.exception())
                 return 1
+            if now >= next_trim:
+                release_free_heap()
+                next_trim = now + TRIM_INTERVAL_S
             if self.notifier and now >= next_status:
                 self.notifier.status(self.status_line())
                 next_status = now + self.cfg.systemd.status_interval_s
