@@ -125,6 +125,19 @@ class NotifyListener:
         self.sock.close()
 
 
+def write_daemon_config(path: Path, model: Path, sinks: str, body: str = "",
+                        metrics: str = "enabled = false") -> Path:
+    """A ``streamer run`` config at ``path``: ``[inference] model``, ``[metrics]`` with ``metrics``,
+    the ``sinks`` tables, then ``body`` (sources and any other section)."""
+    path.write_text(f'[inference]\nmodel = "{model}"\n[metrics]\n{metrics}\n{sinks}\n{body}\n')
+    return path
+
+
+def jsonl_sink(out: Path) -> str:
+    """A ``[[sinks]]`` table writing JSON lines to ``out``."""
+    return f'[[sinks]]\ntype = "jsonl"\npath = "{out}"'
+
+
 DAEMON_ENV = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 """Environment of the daemon under test. One intra-op thread: the test machine's 2 cores are
 shared; spinning OpenMP threads under contention make inference many times slower."""

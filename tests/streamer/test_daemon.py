@@ -30,8 +30,10 @@ from tests.streamer.daemon_process import (
     DaemonProcess,
     NotifyListener,
     encode_video,
+    jsonl_sink,
     read_jsonl,
     wait_for,
+    write_daemon_config,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -44,19 +46,7 @@ def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_config(path: Path, body: str, model: Path, out: Path) -> Path:
-    path.write_text(f"""
-[inference]
-model = "{model}"
-
-[metrics]
-address = "127.0.0.1:0"
-
-[[sinks]]
-type = "jsonl"
-path = "{out}"
-{body}
-""")
-    return path
+    return write_daemon_config(path, model, jsonl_sink(out), body, metrics='address = "127.0.0.1:0"')
 
 
 def metrics_text(daemon: DaemonProcess) -> str:

@@ -38,9 +38,11 @@ from tests.streamer.daemon_process import (
     RtspServer,
     encode_video,
     free_port,
+    jsonl_sink,
     read_jsonl,
     require_gst_rtsp,
     wait_for,
+    write_daemon_config,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -85,14 +87,7 @@ def test_text_file_and_dead_camera_fail_for_good_and_run_exits_1(
     notes = media_dir / "notes.txt"
     out = tmp_path / "run.jsonl"
     config = tmp_path / "streamer.toml"
-    config.write_text(f"""
-[inference]
-model = "{tiny_model_path}"
-[metrics]
-enabled = false
-[[sinks]]
-type = "jsonl"
-path = "{out}"
+    write_daemon_config(config, tiny_model_path, jsonl_sink(out), f"""
 [[sources]]
 name = "notes"
 url = "{notes}"

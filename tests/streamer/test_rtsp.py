@@ -26,9 +26,11 @@ from tests.streamer.daemon_process import (
     DaemonProcess,
     RtspServer,
     free_port,
+    jsonl_sink,
     read_jsonl,
     require_gst_rtsp,
     wait_for,
+    write_daemon_config,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -95,14 +97,7 @@ def test_daemon_reconnects_after_server_restart_and_failing_streams_stay_apart(
     out = tmp_path / "out.jsonl"
     server = RtspServer(fps=15).start()
     config = tmp_path / "streamer.toml"
-    config.write_text(f"""
-[inference]
-model = "{tiny_model_path}"
-[metrics]
-address = "127.0.0.1:0"
-[[sinks]]
-type = "jsonl"
-path = "{out}"
+    write_daemon_config(config, tiny_model_path, jsonl_sink(out), f"""
 [[sources]]
 name = "cam"
 url = "{server.url}"
@@ -117,7 +112,7 @@ reconnect = {{ initial_delay_s = 0.2, max_delay_s = 1.0 }}
 [[sources]]
 name = "bad"
 url = "{bad}"
-""")
+""", metrics='address = "127.0.0.1:0"')
 
     def cam_count() -> int:
         return sum(m["stream"] == "cam" for m in read_jsonl(out))

@@ -30,8 +30,10 @@ from tests.streamer.daemon_process import (
     DaemonProcess,
     RtspServer,
     encode_video,
+    jsonl_sink,
     require_gst_rtsp,
     wait_for,
+    write_daemon_config,
 )
 
 pytestmark = pytest.mark.timeout(240)
@@ -102,14 +104,7 @@ def test_soak_rtsp_server_kill_restart_cycles_with_default_reconnect(tmp_path: P
     out = tmp_path / "out.jsonl"
     server = RtspServer(fps=10, width=128, height=96).start()
     config = tmp_path / "streamer.toml"
-    config.write_text(f"""
-[inference]
-model = "{tiny_model_path}"
-[metrics]
-enabled = false
-[[sinks]]
-type = "jsonl"
-path = "{out}"
+    write_daemon_config(config, tiny_model_path, jsonl_sink(out), f"""
 [[sources]]
 name = "cam"
 url = "{server.url}"
@@ -181,11 +176,7 @@ def test_broker_outage_during_a_run_frames_return_and_counts_add_up(tmp_path: Pa
     broker = Broker(tmp_path)
     sub = Subscriber(broker.port, ["soak/+/frames"])
     config = tmp_path / "streamer.toml"
-    config.write_text(f"""
-[inference]
-model = "{tiny_model_path}"
-[metrics]
-enabled = false
+    write_daemon_config(config, tiny_model_path, f"""
 [[sinks]]
 type = "mqtt"
 host = "127.0.0.1"
