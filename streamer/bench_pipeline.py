@@ -109,7 +109,7 @@ def pipeline(video: Path, streams: int, runner: Any, batch: int, workers: int, o
 
     from streamer.config import StreamerConfig
     from streamer.daemon import Daemon
-    from streamer.metrics import PIPELINE_STAGES
+    from streamer.stats import PIPELINE_STAGES
 
     cfg = StreamerConfig.model_validate({
         "sources": [{"name": f"s{i}", "url": str(video), "realtime": False} for i in range(streams)],
@@ -153,10 +153,10 @@ def postprocess(k: int, height: int, width: int, repeats: int = 20) -> dict[str,
     ``repeats``, thread CPU time: what one core spends, whatever else the machine runs)."""
     import torch
 
+    from streamer.frame_json import dumps
     from streamer.frames import Frame
     from streamer.messages import MessageSpec, frame_result
     from streamer.replay import REPLAY_CLASSES, synthetic_detections
-    from streamer.schema import dumps
 
     torch.set_num_threads(1)
     det = synthetic_detections(k, height, width, seed=k)

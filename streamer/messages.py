@@ -31,8 +31,9 @@ import numpy.typing as npt
 
 from engines.masks import BoxMask
 from engines.runner import Detections
+from streamer.encodings import MaskEncoding
 from streamer.frames import Frame
-from streamer.schema import MaskEncoding, frame_message
+from streamer.schema import frame_message
 
 
 @dataclass(frozen=True)

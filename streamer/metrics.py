@@ -49,7 +49,6 @@ from streamer.stats import (
     StreamSnapshot,
     StreamState,
 )
-from streamer.stats import PIPELINE_STAGES as PIPELINE_STAGES  # the label values of stage CPU
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

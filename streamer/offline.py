@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, TextIO
 
 from engines.runner import Runner
 from streamer.annotate import AnnotateTarget, FrameWriter, draw_detections
+from streamer.encodings import MaskEncoding
+from streamer.frame_json import dumps
 from streamer.frames import Frame
 from streamer.media import MediaError, open_media
 from streamer.messages import MessageSpec, batch_results
 from streamer.progress import progress
-from streamer.schema import MaskEncoding, dumps
 from streamer.tracking_config import TrackingConfig
 
 if TYPE_CHECKING:

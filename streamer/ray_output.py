@@ -26,10 +26,10 @@ from typing import TextIO
 
 import numpy as np
 
+from streamer.frame_json import dumps
 from streamer.frames import Frame
 from streamer.offline import ProcessOptions
 from streamer.ray_worker import SegmentOutput
-from streamer.schema import dumps
 
 _NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
 

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from engines.runner import Detections, Runner
+from streamer.frame_json import dumps
 from streamer.frames import Frame
 from streamer.media import MediaError
 from streamer.messages import FrameResult, MessageSpec, batch_results
 from streamer.offline import ProcessOptions, equal_size_batches
-from streamer.schema import dumps
 from streamer.segments import InputPlan, Segment, SegmentMismatch, decode_segment, plan_segments
 
 COMPRESS_LEVEL = 1

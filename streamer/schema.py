@@ -20,7 +20,6 @@ import numpy.typing as npt
 from pycocotools import mask as mask_utils
 
 from streamer.encodings import MaskEncoding
-from streamer.frame_json import dumps as dumps  # the serializer of these messages, re-exported
 from streamer.polygons import mask_to_polygons
 
 if TYPE_CHECKING:  # types only: the schema (and `streamer config check`) must not import torch
