@@ -288,9 +288,10 @@ def artifact_parity(
         identity_resize: the graph takes frames at the network input size (``--input-size``):
             the reference's resize is made the identity too, as the export does.
     """
-    from engines.loading import load_model, load_runner
+    from engines.loading import load_runner
     from engines.parity import perturbed_copy
     from engines.torch_runner import TorchRunner
+    from engines.weights import load_model
 
     loaded = load_model(model)
     if identity_resize:

@@ -106,7 +106,7 @@ def build(opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
     stderr). A failed parity gate is no exception: ``result.parity.passed`` is False and the
     files and the manifest are written all the same.
     """
-    from engines.loading import ModelLoadError, demo_model_path, load_model
+    from engines.weights import ModelLoadError, demo_model_path, load_model
 
     progress = progress or Progress(build_stages(opts))
     env = preflight(opts)

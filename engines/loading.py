@@ -8,7 +8,7 @@
 The backend comes from ``backend`` or, when None, from the file's suffix
 (:func:`engines.backends.backend_for`); :data:`engines.backends.RUNTIMES` names the module
 that runs it, which is imported only then and opened with its ``open_runner``. Weights files
-for the PyTorch runtime are read by :mod:`engines.weights` (re-exported here).
+for the PyTorch runtime are read by :mod:`engines.weights`.
 """
 
 from __future__ import annotations
@@ -17,39 +17,12 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any, cast
 
-from engines.backends import (
-    BACKENDS,
-    RUNTIMES,
-    Runtime,
-    UnknownBackendError,
-    backend_for,
-    check_backend,
-)
+from engines.backends import RUNTIMES, Runtime, UnknownBackendError, backend_for, check_backend
 from engines.devices import Device, DeviceError, parse_device
 from engines.runner import Runner, RunnerFactory
-from engines.weights import (
-    CHECKPOINT_SUFFIXES,
-    DEMO_MODEL,
-    LoadedModel,
-    ModelLoadError,
-    demo_model_path,
-    load_checkpoint,
-    load_model,
-)
+from engines.weights import ModelLoadError
 
-__all__ = [
-    "BACKENDS",
-    "CHECKPOINT_SUFFIXES",
-    "DEMO_MODEL",
-    "LoadedModel",
-    "ModelLoadError",
-    "backend_for",
-    "demo_model_path",
-    "load_checkpoint",
-    "load_model",
-    "load_runner",
-    "runner_factory",
-]
+__all__ = ["load_runner", "runner_factory"]
 
 
 def _runtime(backend: str) -> Runtime:

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.loading import ModelLoadError, load_model
 from engines.parity import GateMarks, GateStats, judge_frame, perturbed_copy
 from engines.runner import Detections
 from engines.torch_runner import TorchRunner, torch_device
+from engines.weights import ModelLoadError, load_model
 
 BENCH_INSTALL = "pip install 'maskrcnn-streamer[bench]'"
 """How to install what ``streamer bench`` needs beyond the runtime (torchvision)."""

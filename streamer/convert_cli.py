@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from engines.classes import default_class_names, parse_class_names, read_class_names
-from engines.loading import ModelLoadError, load_checkpoint
 from engines.modelfile import save_model_file
+from engines.weights import ModelLoadError, load_checkpoint
 
 log = logging.getLogger(__name__)
 

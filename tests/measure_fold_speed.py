@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from engines.loading import load_model
 from engines.torch_runner import TorchRunner
+from engines.weights import load_model
 from streamer.bench_cli import read_frames
 from streamer.demo import sample_video_path
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from engines.loading import demo_model_path
 from engines.model.state_dict import detect_config, migrate_keys
 from engines.modelfile import load_model_file, save_model_file
 from engines.presets import preset
+from engines.weights import demo_model_path
 from tools.scenes.shapes import CLASS_NAMES
 
 DEFAULT_SOURCE = (

@@ -37,9 +37,9 @@ from build_engine.plugin_spec import (
     PLUGIN_NAMESPACE,
     onnx_attributes,
 )
-from engines.loading import LoadedModel, load_model
 from engines.model.config import MaskRCNNConfig
 from engines.static_io import GraphInfo
+from engines.weights import LoadedModel, load_model
 
 SOURCE_HW = (96, 128)  # the tiny model (min_size 128) resizes it to 128x170, padded to 128x192
 

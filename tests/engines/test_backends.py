@@ -21,8 +21,9 @@ from engines.backends import (
     check_backend,
 )
 from engines.devices import Device
-from engines.loading import ModelLoadError, load_runner, runner_factory
+from engines.loading import load_runner, runner_factory
 from engines.torch_runner import torch_device
+from engines.weights import ModelLoadError
 
 UNKNOWN = "unknown backend 'tflite'; choose one of pytorch, onnxruntime, tensorrt"
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from engines.loading import load_model
 from engines.torch_runner import TorchRunner
+from engines.weights import load_model
 from streamer.frames import Frame
 from streamer.messages import MessageSpec, frame_result
 from tests.streamer.media_files import source_frame

@@ -18,13 +18,14 @@ from skimage.transform import resize
 
 from build_engine.export import export_onnx
 from build_engine.plugin_spec import PLUGIN_NAME, PLUGIN_NAMESPACE, onnx_attributes
-from engines.loading import LoadedModel, load_model, load_runner
+from engines.loading import load_runner
 from engines.ort_runner import OrtLoadError, OrtRunner, providers_for
 from engines.parity import Tolerances, compare, compare_all
 from engines.roi_align import RoIAlignParams
 from engines.runner import Detections
 from engines.static_io import FrameSizeError, GraphInfo, GraphMetadataError
 from engines.torch_runner import TorchRunner
+from engines.weights import LoadedModel, load_model
 
 SOURCE_HW = (96, 128)  # camera frames; the tiny model (min_size 128) resizes them to 128x170
 INPUT_HW = (128, 170)  # frames already at the network input size (a fixed point of the model's resize)

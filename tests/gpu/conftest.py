@@ -71,7 +71,7 @@ def ptx_compiler(driver_cuda: str | None) -> Compiler:
 @pytest.fixture(scope="session")
 def gpu_model(pytestconfig: pytest.Config) -> Path | None:
     """``--gpu-model``, or None for the embedded demo model (which must exist: a shipped asset)."""
-    from engines.loading import demo_model_path
+    from engines.weights import demo_model_path
 
     chosen: Path | None = pytestconfig.getoption("gpu_model")
     if chosen is not None:

@@ -10,10 +10,11 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from engines.loading import demo_model_path, load_model, load_runner
+from engines.loading import load_runner
 from engines.modelfile import REQUIRED_METADATA, read_metadata
 from engines.presets import preset
 from engines.reference import torchvision_model
+from engines.weights import demo_model_path, load_model
 from streamer.media import open_media
 from streamer.offline import ProcessOptions, process_inputs
 from streamer.schema import decode_rle
