@@ -39,7 +39,7 @@ from engines.model.rpn import RPN
 from engines.model.selection import EagerOps, SelectionOps, StaticOps
 from engines.roi_align import RoIAlignParams
 
-__all__ = ["MaskRCNN", "RawDetections", "StaticOps", "StaticOutputs"]
+__all__ = ["MaskRCNN", "RawDetections", "StaticOutputs"]
 
 
 @dataclass
