@@ -32,6 +32,8 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from engines.mask_kernels import paste_box
+
 PADDING = 1
 """Zero pixels added on each side of the ``M×M`` mask before resizing (torchvision's value)."""
 
@@ -112,26 +114,54 @@ def paste_boxes(mask_probs: npt.NDArray[np.float32] | torch.Tensor,
     k, m = int(probs.shape[0]), int(probs.shape[-1])
     if k == 0:
         return []
-    on_host = probs.device.type == "cpu"
     grown, sound = _grown_boxes(boxes, float(m + 2 * PADDING) / m)
+    if probs.device.type == "cpu":
+        return _paste_on_host(probs.numpy().astype(np.float32, copy=False), grown, sound, height, width, threshold)
     crops: list[tuple[int, int, Any]] = []
     with torch.inference_mode():
         padded = F.pad(probs.float(), (PADDING,) * 4)
         for i, (x1, y1, x2, y2) in enumerate(grown):
-            x0, xe = min(max(x1, 0), width), min(max(x2 + 1, 0), width)
-            y0, ye = min(max(y1, 0), height), min(max(y2 + 1, 0), height)
+            x0, xe, y0, ye = _visible(x1, y1, x2, y2, height, width)
             if not sound[i] or x0 >= xe or y0 >= ye:  # unsound, or wholly outside the frame: nothing to paste
                 crops.append((x0, y0, np.zeros((0, 0), dtype=bool)))
-                continue
-            w, h = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)
-            resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-            if on_host:  # numpy slicing and comparison: no tensor dispatch per instance
-                crops.append((x0, y0, resized.numpy()[y0 - y1:ye - y1, x0 - x1:xe - x1] > threshold))
             else:
-                crops.append((x0, y0, resized[y0 - y1:ye - y1, x0 - x1:xe - x1] > threshold))
-        if not on_host:
-            crops = _to_host(crops)
+                crops.append((x0, y0, _resized(padded[i], x1, y1, x2, y2)[y0 - y1:ye - y1, x0 - x1:xe - x1] > threshold))
+        crops = _to_host(crops)
     return [BoxMask(x0, y0, np.ascontiguousarray(c)) for x0, y0, c in crops]
+
+
+def _visible(x1: int, y1: int, x2: int, y2: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """``(x0, xe, y0, ye)``: the frame pixels ``[y0:ye, x0:xe]`` an integer box (inclusive ends) covers."""
+    return (min(max(x1, 0), width), min(max(x2 + 1, 0), width),
+            min(max(y1, 0), height), min(max(y2 + 1, 0), height))
+
+
+def _resized(padded: torch.Tensor, x1: int, y1: int, x2: int, y2: int) -> torch.Tensor:
+    """One padded mask resized to its whole grown box (torchvision's call): ``Tensor[h, w]``."""
+    size = (max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1))
+    return F.interpolate(padded[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+
+
+def _paste_on_host(probs: npt.NDArray[np.float32], grown: list[list[int]], sound: list[bool],
+                   height: int, width: int, threshold: float) -> list[BoxMask]:
+    """Host paste: the compiled kernel decides each pixel; an instance it leaves uncertain (a
+    pixel within :data:`engines.mask_kernels.BAND` of the threshold) is resized by PyTorch."""
+    padded = np.pad(probs, ((0, 0), (PADDING, PADDING), (PADDING, PADDING)))
+    threshold32 = float(np.float32(threshold))  # numpy compares float32 masks with a float32 threshold
+    out = []
+    for i, (x1, y1, x2, y2) in enumerate(grown):
+        x0, xe, y0, ye = _visible(x1, y1, x2, y2, height, width)
+        if not sound[i] or x0 >= xe or y0 >= ye:
+            out.append(BoxMask(x0, y0, np.zeros((0, 0), dtype=bool), 0))
+            continue
+        mask, area, uncertain = paste_box(padded[i], x1, y1, x2, y2, height, width, threshold32)
+        if uncertain:
+            with torch.inference_mode():
+                resized = _resized(torch.from_numpy(padded[i]), x1, y1, x2, y2).numpy()
+            out.append(BoxMask(x0, y0, np.ascontiguousarray(resized[y0 - y1:ye - y1, x0 - x1:xe - x1] > threshold)))
+        else:
+            out.append(BoxMask(x0, y0, mask, int(area)))
+    return out
 
 
 def _to_host(crops: list[tuple[int, int, Any]]) -> list[tuple[int, int, npt.NDArray[np.bool_]]]:

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from pycocotools import mask as mask_utils
 
+from engines.mask_kernels import box_rle_counts
 from streamer.encodings import MaskEncoding
 from streamer.polygons import mask_to_polygons
 
@@ -33,32 +34,10 @@ def rle_counts(bm: BoxMask, height: int, width: int) -> npt.NDArray[np.int64]:
     """Uncompressed COCO RLE counts of ``bm`` placed in a ``height × width`` frame.
 
     COCO RLE runs over the frame in column-major order, alternating zeros and ones, starting
-    with zeros (a leading 0 when pixel (0, 0) is set). Only the box is read: its columns, each
-    followed by one zero, laid end to end, give the value changes; a change at row ``r`` of box
-    column ``c`` is at frame position ``(x0 + c) * H + y0 + r``. The zero runs between boxes and
-    columns are the differences of those positions. Where a column ends set at the bottom row
-    and the next one starts set at the top row (a box of full height), the two changes meet at
-    one position and cancel.
+    with zeros (a leading 0 when pixel (0, 0) is set). Only the box is read: the zero runs
+    between boxes and columns are arithmetic (:func:`engines.mask_kernels.box_rle_counts`).
     """
-    total = height * width
-    h, w = bm.mask.shape
-    if h == 0 or w == 0:
-        return np.array([total], dtype=np.int64)
-    cols = np.zeros((w, h + 1), dtype=np.int8)
-    cols[:, :h] = bm.mask.T
-    flat = cols.ravel()
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    if flat[0]:
-        change = np.concatenate([[0], change])
-    c, r = np.divmod(change, h + 1)
-    pos = (c + bm.x0) * height + bm.y0 + r
-    if h == height and pos.size > 1:
-        meet = np.flatnonzero(pos[1:] == pos[:-1])
-        if meet.size:
-            pos = np.delete(pos, np.concatenate([meet, meet + 1]))
-    if pos.size and pos[-1] == total:  # the last pixel is set: no trailing zero run
-        pos = pos[:-1]
-    return np.diff(pos, prepend=0, append=total)
+    return box_rle_counts(bm.mask, bm.x0, bm.y0, height, width)
 
 
 def encode_box_rle(bm: BoxMask, height: int, width: int) -> dict[str, Any]:

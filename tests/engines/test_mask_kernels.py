@@ -1,0 +1,127 @@
+"""The compiled paste kernel against PyTorch's bilinear resize, pixel by pixel, and its band."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+from engines.mask_kernels import BAND, box_rle_counts, paste_box
+from engines.masks import BoxMask, _grown_boxes, paste_boxes
+from streamer.replay import synthetic_detections
+
+
+def torch_crop(src: np.ndarray, box: tuple[int, int, int, int], height: int, width: int) -> np.ndarray:
+    """PyTorch's resized values over the frame pixels the integer box covers (float32)."""
+    x1, y1, x2, y2 = box
+    resized = F.interpolate(torch.from_numpy(src)[None, None], size=(max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)),
+                            mode="bilinear", align_corners=False)[0, 0].numpy()
+    x0, xe = min(max(x1, 0), width), min(max(x2 + 1, 0), width)
+    y0, ye = min(max(y1, 0), height), min(max(y2 + 1, 0), height)
+    return resized[y0 - y1:ye - y1, x0 - x1:xe - x1]
+
+
+def float64_values(src: np.ndarray, box: tuple[int, int, int, int], height: int, width: int) -> np.ndarray:
+    """The kernel's arithmetic written independently in numpy: float64 bilinear values, with
+    PyTorch's float32 scale and source index (the module docstring of engines.mask_kernels)."""
+    x1, y1, x2, y2 = box
+
+    def axis(n_out: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = src.shape[0]
+        real = np.maximum(float(np.float32(n / n_out)) * (np.arange(start, stop) + 0.5) - 0.5, 0.0)
+        i0 = np.minimum(np.floor(real).astype(np.int64), n - 1)
+        return i0, np.where(i0 < n - 1, i0 + 1, i0), np.clip(real - i0, 0.0, 1.0)
+
+    x0, xe = min(max(x1, 0), width), min(max(x2 + 1, 0), width)
+    y0, ye = min(max(y1, 0), height), min(max(y2 + 1, 0), height)
+    xi0, xi1, xl = axis(max(x2 - x1 + 1, 1), x0 - x1, xe - x1)
+    yi0, yi1, yl = axis(max(y2 - y1 + 1, 1), y0 - y1, ye - y1)
+    s = src.astype(np.float64)
+    rows = s[:, xi0] * (1 - xl) + s[:, xi1] * xl
+    return rows[yi0] * (1 - yl)[:, None] + rows[yi1] * yl[:, None]
+
+
+def random_source(rng: np.random.Generator) -> np.ndarray:
+    """A padded 30×30 mask: a soft blob with a noisy rim (values cross 0.5 as a mask head's do)."""
+    yy, xx = np.mgrid[:28, :28] / 27.0 * 2 - 1
+    r = np.hypot(xx / rng.uniform(0.3, 1.0), yy / rng.uniform(0.3, 1.0)) + rng.normal(0, 0.1, (28, 28))
+    return np.pad(1 / (1 + np.exp((r - 1) * rng.uniform(2, 12))), 1).astype(np.float32)
+
+
+def test_certain_pixels_are_decided_as_pytorch_decides_them() -> None:
+    rng = np.random.default_rng(3)
+    height, width = 97, 131
+    certain = uncertain = pixels = 0
+    for _ in range(1500):
+        src = random_source(rng)
+        x1, y1 = (int(v) for v in rng.integers(-60, 140, 2))
+        x2, y2 = x1 + int(rng.integers(0, 180)), y1 + int(rng.integers(0, 180))
+        threshold = float(rng.choice([0.5, 0.3, 0.9]))
+        mask, area, unsure = paste_box(src, x1, y1, x2, y2, height, width, threshold)
+        want = torch_crop(src, (x1, y1, x2, y2), height, width) > threshold
+        assert mask.shape == want.shape
+        if unsure:
+            uncertain += 1
+            continue
+        certain += 1
+        pixels += mask.size
+        assert np.array_equal(mask, want), (x1, y1, x2, y2, threshold)
+        assert area == np.count_nonzero(want)
+    assert certain > 1000 and uncertain > 20 and pixels > 2_000_000, (certain, uncertain, pixels)
+
+
+def test_the_band_is_what_keeps_the_kernel_exact() -> None:
+    """A threshold placed at one of PyTorch's float32 values whose exact (float64) value lies
+    above it: deciding by the float64 value alone would set a pixel PyTorch leaves clear. The
+    pixel is inside the band, so the kernel reports the instance uncertain and the paste falls
+    back to PyTorch, bit for bit."""
+    rng = np.random.default_rng(11)
+    height, width = 200, 200
+    for _ in range(200):
+        src = random_source(rng)
+        boxes = np.array([[*rng.uniform(0, 30, 2), *rng.uniform(60, 170, 2)]], np.float32)
+        (grown,), _ = _grown_boxes(boxes, 30 / 28)
+        box = (grown[0], grown[1], grown[2], grown[3])
+        ref = torch_crop(src, box, height, width)
+        exact = float64_values(src, box, height, width)
+        assert np.abs(exact - ref.astype(np.float64)).max() < BAND / 2  # the module's bound, with room
+        above = np.flatnonzero((exact > ref) & (ref > 0.2) & (ref < 0.8))
+        if above.size:
+            break
+    else:
+        raise AssertionError("no pixel whose float64 value exceeds PyTorch's float32 value")
+    threshold = float(ref.flat[above[0]])
+    assert exact.flat[above[0]] > threshold and not ref.flat[above[0]] > threshold  # the naive rule disagrees
+    assert paste_box(src, *box, height, width, threshold)[2]  # uncertain
+    probs = src[1:-1, 1:-1][None]
+    pasted = paste_boxes(probs, boxes, height, width, threshold)[0]
+    want = paste_masks_in_image(torch.from_numpy(probs)[:, None], torch.from_numpy(boxes), (height, width))
+    assert np.array_equal(pasted.to_full(height, width), (want[0, 0] > threshold).numpy())
+
+
+def test_realistic_frames_paste_as_torchvision_with_both_paths_taken() -> None:
+    """1080p frames of realistic detections: every mask equals torchvision's; some instances
+    were decided by the kernel alone and some handed back to PyTorch."""
+    height, width = 1080, 1920
+    unsure = 0
+    for seed in range(6):
+        det = synthetic_detections(20, height, width, seed=seed)
+        masks = paste_boxes(det.mask_probs, det.boxes, height, width, 0.5)
+        want = paste_masks_in_image(torch.from_numpy(det.mask_probs)[:, None], torch.from_numpy(det.boxes),
+                                    (height, width))[:, 0] > 0.5
+        for k, bm in enumerate(masks):
+            assert np.array_equal(bm.to_full(height, width), want[k].numpy()), (seed, k)
+            assert bm.area == int(want[k].sum())
+        padded = np.pad(det.mask_probs, ((0, 0), (1, 1), (1, 1)))
+        grown, _ = _grown_boxes(det.boxes, 30 / 28)
+        unsure += sum(paste_box(padded[k], *grown[k], height, width, 0.5)[2] for k in range(20))
+    assert 0 < unsure < 40, unsure
+
+
+def test_rle_counts_of_either_memory_layout() -> None:
+    mask = np.array([[1, 0, 1], [1, 1, 0]], bool)
+    counts = box_rle_counts(mask, 1, 1, 4, 5).tolist()
+    assert counts == box_rle_counts(np.asfortranarray(mask), 1, 1, 4, 5).tolist()
+    assert counts == [5, 2, 3, 1, 2, 1, 6]
+    assert BoxMask(1, 1, mask).area == 4
