@@ -28,7 +28,7 @@ INIT_VEL_STD = 10.0
 
 def _size(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """``[N, 1]`` box size ``sqrt(w h)`` px (at least 1)."""
-    return np.sqrt(np.clip(x[:, 2:3], 1.0, None) * np.clip(x[:, 3:4], 1.0, None))
+    return np.sqrt(np.maximum(x[:, 2:3], 1.0) * np.maximum(x[:, 3:4], 1.0))
 
 
 def to_cxcywh(boxes: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -64,7 +64,7 @@ class BoxKalman:
         """Advance every filter by ``dt`` seconds (> 0)."""
         q = (ACCEL_STD * _size(self.x)) ** 2
         self.x = self.x + self.v * dt
-        self.x[:, 2:] = np.clip(self.x[:, 2:], 1.0, None)
+        self.x[:, 2:] = np.maximum(self.x[:, 2:], 1.0)
         self.p00 = self.p00 + 2 * dt * self.p01 + dt * dt * self.p11 + q * dt ** 3 / 3
         self.p01 = self.p01 + dt * self.p11 + q * dt * dt / 2
         self.p11 = self.p11 + q * dt
