@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 from streamer.config import DEFAULT_METRICS_ADDRESS, ConfigError, Overrides, load_config
-from streamer.daemon import Daemon
 from streamer.redact import RedactingFilter
 
 EXIT_CONFIG = 2
@@ -64,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         for line in str(err).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return EXIT_CONFIG
+    from streamer.daemon import Daemon  # after validation: a bad config is refused before torch loads
+
     daemon = Daemon(cfg, args.config, overrides)
     code = asyncio.run(daemon.run())
     if code != 0:

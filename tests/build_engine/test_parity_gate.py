@@ -271,7 +271,7 @@ def model_file(model: MaskRCNN, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def _build_engine(model_file: Path, out: Path, *extra: str) -> tuple[int, str, str]:
     cmd = [sys.executable, "-c", "import sys; from build_engine.cli import main; sys.exit(main())",
            "--model", str(model_file), "--onnx-only", "--roi-align", "onnx", "--source-size",
-           f"{FRAME_HW[1]}x{FRAME_HW[0]}", "--batch", "1:1:1", "--parity-frames", "3", "--out", str(out), *extra]
+           f"{FRAME_HW[1]}x{FRAME_HW[0]}", "--batch", "1:1:1", "--parity-frames", "2", "--out", str(out), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -308,7 +308,7 @@ def test_failed_gate_keeps_the_files_says_why_and_names_the_option(
     monkeypatch.setattr(export, "export_onnx", buggy_export)
     out = tmp_path / "bad.onnx"
     argv = ["--model", str(model_file), "--onnx-only", "--roi-align", "onnx", "--source-size",
-            f"{FRAME_HW[1]}x{FRAME_HW[0]}", "--batch", "1:1:1", "--parity-frames", "2", "--out", str(out)]
+            f"{FRAME_HW[1]}x{FRAME_HW[0]}", "--batch", "1:1:1", "--parity-frames", "1", "--out", str(out)]
     assert main(argv) == 1
     captured = capsys.readouterr()
     assert "verdict: FAIL" in captured.out and "reproduces" in captured.out
