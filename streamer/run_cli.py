@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         for line in str(err).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return EXIT_CONFIG
-    from streamer.daemon import Daemon  # after validation: a bad config is refused before torch loads
+    # Imported after validation: a bad config is refused before torch loads.
+    from streamer.daemon import Daemon
 
     daemon = Daemon(cfg, args.config, overrides)
     code = asyncio.run(daemon.run())

@@ -168,6 +168,18 @@ def test_config_check_loads_no_model_runtime_and_no_mask_encoder() -> None:
     heavy = {"torch", "numpy", "av", "pycocotools", "engines.runner", "engines.masks"}
     assert not heavy & imported, sorted(heavy & imported)
 
+
+def test_run_refuses_a_bad_config_before_loading_the_daemon(tmp_path: Path) -> None:
+    """``run`` validates first: a bad config exits 2 without importing the daemon or torch."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[batching]\nmax_wait = 1\n')
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "streamer.cli", "run", "--config", str(bad)],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "max_wait = 1: unknown key" in result.stderr, result.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:") and "|" in line}
+    assert "streamer.config" in imported and not {"torch", "streamer.daemon"} & imported
+
 # -- secrets never in errors; permanent mistakes refused -----------------------------------------
 
 SECRET = "s3cretPW"
