@@ -242,7 +242,9 @@ def test_fails_mutation(name: str, model: MaskRCNN, reference: Runner, perturbed
 
 def test_fails_without_decode_clamp(model: MaskRCNN, frames: list[tuple[str, npt.NDArray[np.uint8]]]) -> None:
     """The clamp only changes boxes whose regression exceeds it, so this one runs on weights where
-    it does (:func:`clamp_stress`); the same model passes against itself on one thread."""
+    it does (:func:`clamp_stress`); the same model passes against itself on one thread. One
+    frame: the stressed weights clamp most of its ~100 boxes."""
+    frames = frames[:1]
     stressed = copy.deepcopy(model)
     clamp_stress(stressed)
     reference = Cached(runner(stressed, "stressed reference"))
