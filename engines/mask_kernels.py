@@ -17,7 +17,8 @@ value differs from this float64 value by at most
   moving the value by ≤ 1.9e-6 × (neighbour difference ≤ 1) per axis → ≤ 3.8e-6, plus
 - the rounding of its four products and two sums in [0, 1]: ≤ 4 × ½ ulp(1) ≈ 2.4e-7,
 
-so ≤ 4.1e-6 < ``BAND`` = 8e-6. A pixel inside the band makes the whole instance *uncertain*: the
+so ≤ 4.1e-6 < ``BAND`` = 8e-6. A larger mask (``M + 2 > 32``) has source indices with a larger
+ulp: the band doubles with each doubling of ``M + 2`` past 32. A pixel inside the band makes the whole instance *uncertain*: the
 caller pastes it with PyTorch itself (about 8 % of realistic instances at threshold 0.5, measured
 on :func:`streamer.replay.synthetic_detections`; the property tests compare every case with
 torchvision bit for bit).
@@ -93,7 +94,10 @@ def paste_box(src: npt.NDArray[np.float32], x1: int, y1: int, x2: int, y2: int, 
     for r in range(n):
         for c in range(wc):
             rows[r, c] = src[r, xi0[c]] * (1.0 - xl[c]) + src[r, xi1[c]] * xl[c]
-    hi, lo = threshold + BAND, threshold - BAND
+    band, limit = BAND, 32
+    while n > limit:  # a source index below 2^k has an ulp of 2^(k-24): the bound scales with it
+        band, limit = 2.0 * band, 2 * limit
+    hi, lo = threshold + band, threshold - band
     area = 0
     uncertain = 0
     for rr in range(hc):  # branch-free, so that the compiler vectorizes along the row
