@@ -71,18 +71,17 @@ def _axis(n_in: int, n_out: int, start: int, stop: int) -> tuple[npt.NDArray[np.
 
 
 @_compiled
-def paste_box(src: npt.NDArray[np.float32], x1: int, y1: int, x2: int, y2: int, height: int, width: int,
+def paste_box(src: npt.NDArray[np.float32], x1: int, y1: int, x2: int, y2: int, x0: int, xe: int, y0: int, ye: int,
               threshold: float) -> tuple[npt.NDArray[np.bool_], int, bool]:
     """The visible part of one grown box's pasted, thresholded mask.
 
     ``src`` is the padded ``float32[M+2, M+2]`` mask, ``(x1, y1, x2, y2)`` the integer grown box
-    (``x2``/``y2`` inclusive, may reach outside the frame); ``threshold`` the float32 threshold as
-    a float. Returns ``(mask, area, uncertain)``: ``bool[ye-y0, xe-x0]`` over the frame pixels
-    ``[y0:ye, x0:xe]`` the box covers (empty when it covers none), its foreground count, and
-    whether some pixel lay within :data:`BAND` of the threshold (then ``mask`` is not to be used).
+    (``x2``/``y2`` inclusive, may reach outside the frame), ``[y0:ye, x0:xe]`` the frame pixels it
+    covers (``engines.masks``' visible window); ``threshold`` the float32 threshold as a float.
+    Returns ``(mask, area, uncertain)``: ``bool[ye-y0, xe-x0]`` (empty when the window is), its
+    foreground count, and whether some pixel lay within :data:`BAND` of the threshold (then
+    ``mask`` is not to be used).
     """
-    x0, xe = min(max(x1, 0), width), min(max(x2 + 1, 0), width)
-    y0, ye = min(max(y1, 0), height), min(max(y2 + 1, 0), height)
     hc, wc = max(ye - y0, 0), max(xe - x0, 0)
     mask = np.zeros((hc, wc), np.bool_)
     if hc == 0 or wc == 0:

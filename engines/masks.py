@@ -128,7 +128,7 @@ def paste_boxes(mask_probs: npt.NDArray[np.float32] | torch.Tensor,
             if not sound[i] or x0 >= xe or y0 >= ye:  # unsound, or wholly outside the frame: nothing to paste
                 crops.append((x0, y0, np.zeros((0, 0), dtype=bool)))
             else:
-                crops.append((x0, y0, _resized(padded[i], x1, y1, x2, y2)[y0 - y1:ye - y1, x0 - x1:xe - x1] > threshold))
+                crops.append((x0, y0, _torch_paste(padded[i], (x1, y1, x2, y2), (x0, xe, y0, ye), threshold)))
         crops = _to_host(crops)
     return [BoxMask(x0, y0, np.ascontiguousarray(c)) for x0, y0, c in crops]
 
@@ -139,10 +139,15 @@ def _visible(x1: int, y1: int, x2: int, y2: int, height: int, width: int) -> tup
             min(max(y1, 0), height), min(max(y2 + 1, 0), height))
 
 
-def _resized(padded: torch.Tensor, x1: int, y1: int, x2: int, y2: int) -> torch.Tensor:
-    """One padded mask resized to its whole grown box (torchvision's call): ``Tensor[h, w]``."""
+def _torch_paste(padded: torch.Tensor, box: tuple[int, int, int, int], window: tuple[int, int, int, int],
+                 threshold: float) -> torch.Tensor:
+    """One padded mask resized to its whole grown ``box`` (torchvision's call), cut to the visible
+    ``window`` ``(x0, xe, y0, ye)`` and thresholded: ``Tensor[ye-y0, xe-x0]`` of bool."""
+    x1, y1, x2, y2 = box
+    x0, xe, y0, ye = window
     size = (max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1))
-    return F.interpolate(padded[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    resized = F.interpolate(padded[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    return resized[y0 - y1:ye - y1, x0 - x1:xe - x1] > threshold
 
 
 def _paste_on_host(probs: npt.NDArray[np.float32], grown: list[list[int]], sound: list[bool],
@@ -150,18 +155,18 @@ def _paste_on_host(probs: npt.NDArray[np.float32], grown: list[list[int]], sound
     """Host paste: the compiled kernel decides each pixel; an instance it leaves uncertain (a
     pixel within :data:`engines.mask_kernels.BAND` of the threshold) is resized by PyTorch."""
     padded = np.pad(probs, ((0, 0), (PADDING, PADDING), (PADDING, PADDING)))
-    threshold32 = float(np.float32(threshold))  # numpy compares float32 masks with a float32 threshold
+    threshold32 = float(np.float32(threshold))  # PyTorch compares float32 masks with a float32 threshold
     out = []
     for i, (x1, y1, x2, y2) in enumerate(grown):
         x0, xe, y0, ye = _visible(x1, y1, x2, y2, height, width)
         if not sound[i] or x0 >= xe or y0 >= ye:
             out.append(BoxMask(x0, y0, np.zeros((0, 0), dtype=bool), 0))
             continue
-        mask, area, uncertain = paste_box(padded[i], x1, y1, x2, y2, height, width, threshold32)
+        mask, area, uncertain = paste_box(padded[i], x1, y1, x2, y2, x0, xe, y0, ye, threshold32)
         if uncertain:
             with torch.inference_mode():
-                resized = _resized(torch.from_numpy(padded[i]), x1, y1, x2, y2).numpy()
-            out.append(BoxMask(x0, y0, np.ascontiguousarray(resized[y0 - y1:ye - y1, x0 - x1:xe - x1] > threshold)))
+                crop = _torch_paste(torch.from_numpy(padded[i]), (x1, y1, x2, y2), (x0, xe, y0, ye), threshold)
+            out.append(BoxMask(x0, y0, np.ascontiguousarray(crop.numpy())))
         else:
             out.append(BoxMask(x0, y0, mask, int(area)))
     return out

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 from collections.abc import Callable
-
-log = logging.getLogger("streamer.heap")
 
 TRIM_INTERVAL_S = 5.0
 """Seconds between two trims of the daemon's heap."""

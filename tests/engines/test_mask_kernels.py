@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from engines.mask_kernels import BAND, box_rle_counts, paste_box
-from engines.masks import BoxMask, _grown_boxes, paste_boxes
+from engines.masks import BoxMask, _grown_boxes, _visible, paste_boxes
 from streamer.replay import synthetic_detections
 
 
@@ -18,9 +18,14 @@ def torch_crop(src: np.ndarray, box: tuple[int, int, int, int], height: int, wid
     x1, y1, x2, y2 = box
     resized = F.interpolate(torch.from_numpy(src)[None, None], size=(max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)),
                             mode="bilinear", align_corners=False)[0, 0].numpy()
-    x0, xe = min(max(x1, 0), width), min(max(x2 + 1, 0), width)
-    y0, ye = min(max(y1, 0), height), min(max(y2 + 1, 0), height)
+    x0, xe, y0, ye = _visible(*box, height, width)
     return resized[y0 - y1:ye - y1, x0 - x1:xe - x1]
+
+
+def kernel(src: np.ndarray, box: tuple[int, int, int, int] | list[int], height: int, width: int,
+           threshold: float) -> tuple[np.ndarray, int, bool]:
+    """:func:`paste_box` over the box's visible window in a ``height × width`` frame."""
+    return paste_box(src, *box, *_visible(*box, height, width), threshold)  # type: ignore[no-any-return]
 
 
 def float64_values(src: np.ndarray, box: tuple[int, int, int, int], height: int, width: int) -> np.ndarray:
@@ -34,8 +39,7 @@ def float64_values(src: np.ndarray, box: tuple[int, int, int, int], height: int,
         i0 = np.minimum(np.floor(real).astype(np.int64), n - 1)
         return i0, np.where(i0 < n - 1, i0 + 1, i0), np.clip(real - i0, 0.0, 1.0)
 
-    x0, xe = min(max(x1, 0), width), min(max(x2 + 1, 0), width)
-    y0, ye = min(max(y1, 0), height), min(max(y2 + 1, 0), height)
+    x0, xe, y0, ye = _visible(*box, height, width)
     xi0, xi1, xl = axis(max(x2 - x1 + 1, 1), x0 - x1, xe - x1)
     yi0, yi1, yl = axis(max(y2 - y1 + 1, 1), y0 - y1, ye - y1)
     s = src.astype(np.float64)
@@ -61,7 +65,7 @@ def test_certain_pixels_are_decided_as_pytorch_decides_them(m: int, cases: int) 
         x1, y1 = (int(v) for v in rng.integers(-60, 140, 2))
         x2, y2 = x1 + int(rng.integers(0, 180)), y1 + int(rng.integers(0, 180))
         threshold = float(rng.choice([0.5, 0.3, 0.9]))
-        mask, area, unsure = paste_box(src, x1, y1, x2, y2, height, width, threshold)
+        mask, area, unsure = kernel(src, (x1, y1, x2, y2), height, width, threshold)
         want = torch_crop(src, (x1, y1, x2, y2), height, width) > threshold
         assert mask.shape == want.shape
         if unsure:
@@ -96,7 +100,7 @@ def test_the_band_is_what_keeps_the_kernel_exact() -> None:
         raise AssertionError("no pixel whose float64 value exceeds PyTorch's float32 value")
     threshold = float(ref.flat[above[0]])
     assert exact.flat[above[0]] > threshold and not ref.flat[above[0]] > threshold  # the naive rule disagrees
-    assert paste_box(src, *box, height, width, threshold)[2]  # uncertain
+    assert kernel(src, box, height, width, threshold)[2]  # uncertain
     probs = src[1:-1, 1:-1][None]
     pasted = paste_boxes(probs, boxes, height, width, threshold)[0]
     want = paste_masks_in_image(torch.from_numpy(probs)[:, None], torch.from_numpy(boxes), (height, width))
@@ -118,7 +122,7 @@ def test_realistic_frames_paste_as_torchvision_with_both_paths_taken() -> None:
             assert bm.area == int(want[k].sum())
         padded = np.pad(det.mask_probs, ((0, 0), (1, 1), (1, 1)))
         grown, _ = _grown_boxes(det.boxes, 30 / 28)
-        unsure += sum(paste_box(padded[k], *grown[k], height, width, 0.5)[2] for k in range(20))
+        unsure += sum(kernel(padded[k], grown[k], height, width, 0.5)[2] for k in range(20))
     assert 0 < unsure < 40, unsure
 
 
