@@ -101,6 +101,10 @@ class SourceConfig(_Strict):
     """Hardware decoder device type (e.g. ``cuda``, ``vaapi``); software decoding if unavailable."""
     options: dict[str, str] = Field(default_factory=dict)
     """Extra FFmpeg demuxer/protocol options."""
+    decode_nice: int = Field(default=10, ge=0, le=19)
+    """Niceness added to this source's decode threads (its ``decode-<name>`` thread and the
+    FFmpeg threads it starts): when the CPU is saturated, the stages that finish frames already
+    decoded (batching, postprocess, publishing) run first. 0: the daemon's own priority."""
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
 
     @field_validator("url")

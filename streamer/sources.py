@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import threading
 import time
@@ -90,6 +91,25 @@ def _stall_reason(timeout: float) -> str:
     return f"stalled: no data for {timeout:g} s (stall_timeout_s)"
 
 
+def lower_thread_priority(increment: int, stream: str) -> None:
+    """Add ``increment`` to the calling thread's nice value (capped at 19).
+
+    On Linux the nice value belongs to the thread and the threads it creates inherit it, so
+    calling this first thing in a decode thread also lowers the frame threads FFmpeg starts
+    when it opens the decoder. Raising one's own nice value needs no privilege. Why: the event
+    loop and the postprocess threads hold the GIL in short bursts; on a saturated CPU the
+    scheduler preempted them for FFmpeg's threads while they held it, and every Python stage
+    waited (docs/performance.md §7 has the figures).
+    """
+    if increment <= 0 or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+    except OSError as err:  # e.g. a seccomp filter; decoding at the daemon's priority still works
+        log.warning("stream %s: decode_nice %d not applied (%s)", stream, increment, err)
+
+
 class SourceWorker:
     """The decode thread of one source. Thread-safe: ``state``, ``next_index``, ``stop()``.
 
@@ -147,6 +167,7 @@ class SourceWorker:
     # -- the thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
+        lower_thread_priority(self.cfg.decode_nice, self.name)
         self._cpu_mark = time.thread_time()
         attempt = 0
         try:

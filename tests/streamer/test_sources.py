@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+import os
 import random
 import threading
 import time
@@ -96,6 +98,49 @@ def test_file_source_delivers_every_frame_in_order_without_dropping(clip: Path) 
     counted = worker.counts.snapshot()
     assert (counted.decoded, counted.decode_errors, counted.reconnects) == (20, 0, 0)
     assert cpu.snapshot()["decode"] > 0
+
+
+def _nice_of_threads() -> dict[int, int]:
+    """Native thread id → nice value, for every thread of this process (Linux /proc)."""
+    nice = {}
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+            nice[int(tid)] = int(stat[stat.rindex(")") + 2:].split()[16])
+    return nice
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread nice values are read from Linux /proc")
+@pytest.mark.parametrize("decode_nice", [10, 0])
+def test_decode_threads_and_the_ffmpeg_threads_they_start_run_at_lower_priority(clip: Path, decode_nice: int) -> None:
+    """decode_nice lowers the decode thread and FFmpeg's frame threads (inherited), nothing else."""
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    before = set(_nice_of_threads())
+    decode_nice_of: dict[str, int] = {}
+    ffmpeg_nice_of: dict[int, int] = {}
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        queue = StreamQueue("n", 2, False, lambda f, r: None)
+        cfg = SourceConfig(name="n", url=str(clip), realtime=True, loop=True, decode_nice=decode_nice)
+        worker = SourceWorker(cfg, LoopHandoff(loop, queue, threading.Event()), rng=random.Random(0))
+        worker.start()
+        deadline = loop.time() + 10
+        while not len(queue) and loop.time() < deadline:  # the decoder is open once a frame came
+            await asyncio.sleep(0.01)
+        now = _nice_of_threads()
+        python_threads = {t.native_id for t in threading.enumerate()}
+        decode_nice_of["decode"] = now[worker.thread.native_id]
+        ffmpeg_nice_of.update({tid: n for tid, n in now.items() if tid not in before and tid not in python_threads})
+        worker.stop()
+        assert await asyncio.to_thread(worker.join, 5.0)
+
+    asyncio.run(run())
+    expected = min(19, base + decode_nice)
+    assert decode_nice_of["decode"] == expected
+    assert ffmpeg_nice_of, "frame-threaded decoding should have started FFmpeg threads"
+    assert set(ffmpeg_nice_of.values()) == {expected}, ffmpeg_nice_of
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the caller is untouched
 
 
 def test_realtime_file_is_paced_at_its_frame_rate(clip: Path) -> None:
