@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from pycocotools import mask as mask_utils
 
-from engines.mask_kernels import box_rle_counts
+from engines.mask_kernels import box_rle_counts, coco_rle_string
 from streamer.encodings import MaskEncoding
 from streamer.polygons import mask_to_polygons
 
@@ -45,9 +45,8 @@ def encode_box_rle(bm: BoxMask, height: int, width: int) -> dict[str, Any]:
 
     Byte-identical to pycocotools' ``encode`` of the full-frame mask, without making it.
     """
-    counts = rle_counts(bm, height, width)
-    rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
-    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+    text = coco_rle_string(rle_counts(bm, height, width))
+    return {"size": [height, width], "counts": text.tobytes().decode("ascii")}
 
 
 def encode_rle(masks: npt.NDArray[np.bool_]) -> list[dict[str, Any]]:

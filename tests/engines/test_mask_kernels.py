@@ -1,4 +1,5 @@
-"""The compiled paste kernel against PyTorch's bilinear resize, pixel by pixel, and its band."""
+"""The compiled kernels: the paste against PyTorch's bilinear resize, pixel by pixel, and its
+band; the RLE counts and their COCO text against pycocotools."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from engines.mask_kernels import BAND, box_rle_counts, paste_box
+from engines.mask_kernels import BAND, box_rle_counts, coco_rle_string, paste_box
 from engines.masks import BoxMask, _grown_boxes, _visible, paste_boxes
 from streamer.replay import synthetic_detections
 
@@ -132,3 +134,24 @@ def test_rle_counts_of_either_memory_layout() -> None:
     assert counts == box_rle_counts(np.asfortranarray(mask), 1, 1, 4, 5).tolist()
     assert counts == [5, 2, 3, 1, 2, 1, 6]
     assert BoxMask(1, 1, mask).area == 4
+
+
+def test_coco_rle_text_equals_pycocotools_for_any_counts() -> None:
+    """Run lengths up to 2^24 - 1 (a 16-megapixel frame), rising and falling (negative
+    differences). pycocotools allots 6 bytes per count and writes its closing NUL past them
+    when every count takes 6 (values from 2^24), so the larger values are checked by hand."""
+    rng = np.random.default_rng(5)
+    cases = [[0], [7], [0, 1], [3, 0, 5], [1, 2, 3, 4], [2**24 - 1], [5, 2**24 - 6], [100, 1, 1, 100, 1, 1]]
+    for _ in range(2000):
+        n = int(rng.integers(1, 40))
+        top = int(rng.choice([4, 64, 5000, 2**20, 2**24 // n]))
+        cases.append(rng.integers(0, top, size=n).tolist())
+    # 2^30: six 5-bit groups of 0 with the continuation bit (48 + 32 = "P"), then 1 ("1").
+    assert coco_rle_string(np.array([2**30], np.int64)).tobytes() == b"PPPPPP1"
+    # -1 as the fourth count's difference (0 - 1): one group 0x1F, its sign bit set, no more ("O").
+    assert coco_rle_string(np.array([0, 1, 0, 0], np.int64)).tobytes() == b"010O"
+    for counts in cases:
+        total = max(sum(counts), 1)
+        want = mask_utils.frPyObjects({"size": [1, total], "counts": counts}, 1, total)["counts"]
+        got = coco_rle_string(np.asarray(counts, np.int64)).tobytes()
+        assert got == want, counts
