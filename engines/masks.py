@@ -18,9 +18,10 @@ empty (``h == 0`` or ``w == 0``) mask. ``BoxMask.to_full`` materializes one full
 for tests and references only.
 
 On the host, step 3 and 4 run in a compiled kernel (:mod:`engines.mask_kernels`) that decides
-every pixel farther than ``BAND`` (8e-6) from the threshold without PyTorch and hands an instance
-with a pixel inside that band back to PyTorch's resize: the same masks, about 3× less CPU, and
-no GIL held. Tensors on a GPU are resized there by PyTorch: CUDA runners paste on the GPU and
+every pixel farther than ``BAND`` (8e-6) from the threshold without PyTorch, decides the pixels
+inside that band by a bound of their own, and hands an instance back to PyTorch's resize only
+when one of them stays undecided (about 3 % of instances): the same masks, about 3× less CPU,
+and no GIL held. Tensors on a GPU are resized there by PyTorch: CUDA runners paste on the GPU and
 bring only the box-local masks to the host, in one copy.
 """
 
