@@ -272,11 +272,11 @@ class Tracker:
             if len(rows) > MAX_MASK_PAIRS:
                 top = np.argsort(-sim[rows, cols], kind="stable")[:MAX_MASK_PAIRS]
                 rows, cols = rows[top], cols[top]
-            for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+            shifts = np.rint(centres[rows] - self.mask_ref[rows]).astype(np.int64).tolist()
+            for r, c, (dx, dy) in zip(rows.tolist(), cols.tolist(), shifts, strict=True):
                 tm, dm = self.masks[r], masks[c]
                 if tm is None or dm is None:
                     continue
-                dx, dy = np.rint(centres[r] - self.mask_ref[r]).astype(int).tolist()
                 m_iou = shifted_mask_iou(tm, int(self.mask_areas[r]), dx, dy, dm, areas[c])
                 sim[r, c] = 0.5 * (sim[r, c] + m_iou)
         sim *= np.where(self.labels[:, None] == labels[None, :], 1.0, CLASS_CHANGE_FACTOR)
