@@ -56,7 +56,7 @@ from streamer.metrics import PipelineStats, StreamerCollector
 from streamer.sdnotify import Notifier, WatchdogPinger, pipeline_alive, watchdog_period
 from streamer.sinks import Sink, create_sink
 from streamer.sources import SourceWorker
-from streamer.stats import DropReason, StreamCounts
+from streamer.stats import DropReason, StreamCounts, StreamState
 
 if TYPE_CHECKING:
     from streamer.tracking_pipeline import StreamTrackers
@@ -273,7 +273,7 @@ class Daemon:
         queue = self._batcher.new_queue(cfg.name, cfg.drops_frames)
         stop = threading.Event()
         worker = SourceWorker(cfg, LoopHandoff(loop, queue, stop), counts=counts, cpu=self.pipeline.cpu,
-                              start_index=start_index)
+                              start_index=start_index, on_state=lambda _, state: self._on_stream_state(loop, state))
         self.streams[cfg.name] = Stream(cfg, queue, worker)
         self.collector.watch_stream(cfg.name, worker)
         self.collector.watch_queue(f"stream:{cfg.name}", queue.__len__)
@@ -395,6 +395,13 @@ class Daemon:
             log.warning("second SIGINT: exiting immediately")
         self._stop_requested = True
         self._wake.set()
+
+    def _on_stream_state(self, loop: asyncio.AbstractEventLoop, state: StreamState) -> None:
+        """On a decode thread: a stream that ended or failed wakes the supervision tick at once
+        (the last one to end starts draining now, not up to a tick later)."""
+        if state in ("ended", "failed"):
+            with contextlib.suppress(RuntimeError):  # the loop has already closed
+                loop.call_soon_threadsafe(self._wake.set)
 
     def _on_reload_signal(self) -> None:
         self._reload_requested = True

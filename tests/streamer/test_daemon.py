@@ -163,6 +163,28 @@ def test_status_line_and_metrics_read_the_same_counters(tmp_path: Path) -> None:
     assert daemon.status_line() == "stopped; 0/1 streams up (1 ended); 0 frames published, 12 dropped, 0 queued"
 
 
+def test_the_last_source_to_end_starts_draining_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """The end of the last stream wakes the supervision tick: with the tick made 60 s long, the
+    daemon still notices within a fraction of a second (it used to wait for the next tick)."""
+    from streamer.replay import ReplayRunner
+
+    monkeypatch.setattr("streamer.daemon.TICK_S", 60.0)
+    clip = encode_video(tmp_path / "clip.mp4", frames=4)
+    cfg = StreamerConfig.model_validate({
+        "sources": [{"name": "clip", "url": str(clip), "realtime": False}],
+        "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+        "metrics": {"enabled": False}})
+    caplog.set_level(logging.INFO)
+    daemon = Daemon(cfg, registry=CollectorRegistry(), runner=ReplayRunner(2))
+    assert asyncio.run(asyncio.wait_for(daemon.run(), 30)) == 0
+    times = {r.getMessage(): r.created for r in caplog.records}
+    ended = next(t for m, t in times.items() if m.startswith("stream clip: up -> ended"))
+    noticed = times["every source has ended"]
+    assert 0 <= noticed - ended < 1.0, noticed - ended
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == 4
+
+
 # -- the real process ----------------------------------------------------------------------------
 
 def test_notify_and_sigterm_publish_every_frame_exactly_once(
