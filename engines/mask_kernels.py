@@ -112,21 +112,25 @@ def paste_box(src: npt.NDArray[np.float32], x1: int, y1: int, x2: int, y2: int, 
     hi, lo = threshold + band, threshold - band
     area = 0
     uncertain = 0
-    for rr in range(hc):  # branch-free, so that the compiler vectorizes along the row
+    banded = np.zeros(hc, np.bool_)  # rows with a pixel inside the band
+    for rr in range(hc):
         a, b, lb = yi0[rr], yi1[rr], yl[rr]
         la = 1.0 - lb
-        for c in range(wc):
+        in_band = 0
+        for c in range(wc):  # branch-free, so that the compiler vectorizes along the row
             v = rows[a, c] * la + rows[b, c] * lb
             fg = v > hi
             mask[rr, c] = fg
             area += fg
-            uncertain += (v >= lo) & (not fg)
+            in_band += (v >= lo) & (not fg)
+        banded[rr] = in_band > 0
+        uncertain += in_band
     if uncertain == 0:
         return mask, area, False
     # Some pixel lies within the band: bound PyTorch's deviation at that pixel alone.
     xe_, xnear = _axis_error(n, max(x2 - x1 + 1, 1), x0 - x1, xe - x1)
     ye_, ynear = _axis_error(n, max(y2 - y1 + 1, 1), y0 - y1, ye - y1)
-    for rr in range(hc):
+    for rr in np.flatnonzero(banded):
         a, b, lb = yi0[rr], yi1[rr], yl[rr]
         for c in range(wc):
             v = rows[a, c] * (1.0 - lb) + rows[b, c] * lb
