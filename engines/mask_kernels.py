@@ -130,7 +130,9 @@ def paste_box(src: npt.NDArray[np.float32], x1: int, y1: int, x2: int, y2: int, 
     # Some pixel lies within the band: bound PyTorch's deviation at that pixel alone.
     xe_, xnear = _axis_error(n, max(x2 - x1 + 1, 1), x0 - x1, xe - x1)
     ye_, ynear = _axis_error(n, max(y2 - y1 + 1, 1), y0 - y1, ye - y1)
-    for rr in np.flatnonzero(banded):
+    for rr in range(hc):
+        if not banded[rr]:
+            continue
         a, b, lb = yi0[rr], yi1[rr], yl[rr]
         for c in range(wc):
             v = rows[a, c] * (1.0 - lb) + rows[b, c] * lb
