@@ -199,11 +199,12 @@ class Tracker:
             self.last_seen[rows] = now
             self.hits[rows] += 1
             self.labels[rows] = labs[cols]
+            with_mask = np.array([det_masks[d] is not None for d in cols.tolist()], dtype=bool)
+            self.mask_areas[rows[with_mask]] = np.asarray(det_areas, dtype=np.int64)[cols[with_mask]]
+            self.mask_ref[rows[with_mask]] = (dets[cols[with_mask], :2] + dets[cols[with_mask], 2:]) / 2
             for r, d in zip(rows.tolist(), cols.tolist(), strict=True):
                 if det_masks[d] is not None:
                     self.masks[r] = det_masks[d]
-                    self.mask_areas[r] = det_areas[d]
-                    self.mask_ref[r] = (dets[d, :2] + dets[d, 2:]) / 2
                 if self.ids[r] < 0 and self.hits[r] >= self.cfg.min_hits:
                     self.ids[r] = self.next_id
                     self.next_id += 1
