@@ -64,17 +64,23 @@ def _compiled(fn: Callable[..., Any]) -> Any:
 
 
 @_compiled
+def _source_index(n_in: int, n_out: int, j: int) -> tuple[float, float]:
+    """PyTorch's source index of output index ``j``, exactly: ``(p, real)`` with
+    ``p = scale * (j + 0.5)`` and ``real = max(p - 0.5, 0)``, ``scale`` = fl32 of the exact
+    quotient ``n_in / n_out`` (what float32 division gives)."""
+    p = float(np.float32(n_in / n_out)) * (j + 0.5)
+    return p, max(p - 0.5, 0.0)
+
+
+@_compiled
 def _axis(n_in: int, n_out: int, start: int, stop: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Source indices ``i0, i1`` and weight ``λ`` of ``i1`` for output indices ``start..stop-1``."""
-    scale = np.float32(n_in / n_out)  # fl32 of the exact quotient: what float32 division gives
     count = stop - start
     i0 = np.empty(count, np.int64)
     i1 = np.empty(count, np.int64)
     lam = np.empty(count, np.float64)
     for k in range(count):
-        real = float(scale) * (start + k + 0.5) - 0.5
-        if real < 0.0:
-            real = 0.0
+        _, real = _source_index(n_in, n_out, start + k)
         a = min(int(np.floor(real)), n_in - 1)
         frac = min(max(real - a, 0.0), 1.0)
         i0[k] = a
@@ -92,16 +98,17 @@ def paste_box(src: npt.NDArray[np.float32], x1: int, y1: int, x2: int, y2: int, 
     (``x2``/``y2`` inclusive, may reach outside the frame), ``[y0:ye, x0:xe]`` the frame pixels it
     covers (``engines.masks``' visible window); ``threshold`` the float32 threshold as a float.
     Returns ``(mask, area, uncertain)``: ``bool[ye-y0, xe-x0]`` (empty when the window is), its
-    foreground count, and whether some pixel lay within :data:`BAND` of the threshold (then
-    ``mask`` is not to be used).
+    foreground count, and whether some pixel stayed undecided — within :data:`BAND` of the
+    threshold and within its own bound too (then ``mask`` is not to be used).
     """
     hc, wc = max(ye - y0, 0), max(xe - x0, 0)
     mask = np.zeros((hc, wc), np.bool_)
     if hc == 0 or wc == 0:
         return mask, 0, False
     n = src.shape[0]
-    xi0, xi1, xl = _axis(n, max(x2 - x1 + 1, 1), x0 - x1, xe - x1)
-    yi0, yi1, yl = _axis(n, max(y2 - y1 + 1, 1), y0 - y1, ye - y1)
+    nx, ny = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)  # the size the whole grown box is resized to
+    xi0, xi1, xl = _axis(n, nx, x0 - x1, xe - x1)
+    yi0, yi1, yl = _axis(n, ny, y0 - y1, ye - y1)
     rows = np.empty((n, wc), np.float64)  # every source row interpolated along x
     for r in range(n):
         for c in range(wc):
@@ -128,8 +135,8 @@ def paste_box(src: npt.NDArray[np.float32], x1: int, y1: int, x2: int, y2: int, 
     if uncertain == 0:
         return mask, area, False
     # Some pixel lies within the band: bound PyTorch's deviation at that pixel alone.
-    xe_, xnear = _axis_error(n, max(x2 - x1 + 1, 1), x0 - x1, xe - x1)
-    ye_, ynear = _axis_error(n, max(y2 - y1 + 1, 1), y0 - y1, ye - y1)
+    xe_, xnear = _axis_error(n, nx, x0 - x1, xe - x1)
+    ye_, ynear = _axis_error(n, ny, y0 - y1, ye - y1)
     for rr in range(hc):
         if not banded[rr]:
             continue
@@ -160,15 +167,13 @@ def _axis_error(n_in: int, n_out: int, start: int, stop: int) -> tuple[npt.NDArr
     exact: one or two roundings (FMA or not), each at most ½ ulp of a value no larger than
     ``max(p, 0.5)`` with ``p = scale * (j + 0.5)``, so at most one float32 ulp of it. The clamp
     at 0 only shrinks the distance."""
-    scale = float(np.float32(n_in / n_out))
     count = stop - start
     err = np.empty(count, np.float64)
     near = np.zeros(count, np.bool_)
     for k in range(count):
-        p = scale * (start + k + 0.5)
+        p, real = _source_index(n_in, n_out, start + k)
         _, e = math.frexp(max(p, 0.5))  # max(p, 0.5) = m * 2**e with m in [0.5, 1): float32 ulp 2**(e - 24)
         err[k] = math.ldexp(1.0, e - 24)
-        real = max(p - 0.5, 0.0)
         frac = real - math.floor(real)
         near[k] = real >= 1.0 - err[k] and (frac <= err[k] or frac >= 1.0 - err[k])
     return err, near

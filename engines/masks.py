@@ -154,7 +154,8 @@ def _torch_paste(padded: torch.Tensor, box: tuple[int, int, int, int], window: t
 def _paste_on_host(probs: npt.NDArray[np.float32], grown: list[list[int]], sound: list[bool],
                    height: int, width: int, threshold: float) -> list[BoxMask]:
     """Host paste: the compiled kernel decides each pixel; an instance it leaves uncertain (a
-    pixel within :data:`engines.mask_kernels.BAND` of the threshold) is resized by PyTorch."""
+    pixel it cannot decide as PyTorch would, :func:`engines.mask_kernels.paste_box`) is resized
+    by PyTorch."""
     padded = np.pad(probs, ((0, 0), (PADDING, PADDING), (PADDING, PADDING)))
     threshold32 = float(np.float32(threshold))  # PyTorch compares float32 masks with a float32 threshold
     out = []

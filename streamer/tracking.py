@@ -202,8 +202,8 @@ class Tracker:
             with_mask = np.array([det_masks[d] is not None for d in cols.tolist()], dtype=bool)
             self.mask_areas[rows[with_mask]] = np.asarray(det_areas, dtype=np.int64)[cols[with_mask]]
             self.mask_ref[rows[with_mask]] = (dets[cols[with_mask], :2] + dets[cols[with_mask], 2:]) / 2
-            for r, d in zip(rows.tolist(), cols.tolist(), strict=True):
-                if det_masks[d] is not None:
+            for r, d, has_mask in zip(rows.tolist(), cols.tolist(), with_mask.tolist(), strict=True):
+                if has_mask:
                     self.masks[r] = det_masks[d]
                 if self.ids[r] < 0 and self.hits[r] >= self.cfg.min_hits:
                     self.ids[r] = self.next_id
