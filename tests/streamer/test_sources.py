@@ -116,10 +116,9 @@ def test_decode_threads_and_the_ffmpeg_threads_they_start_run_at_lower_priority(
     """decode_nice lowers the decode thread and FFmpeg's frame threads (inherited), nothing else."""
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     before = set(_nice_of_threads())
-    decode_nice_of: dict[str, int] = {}
-    ffmpeg_nice_of: dict[int, int] = {}
 
-    async def run() -> None:
+    async def run() -> tuple[int, dict[int, int]]:
+        """The decode thread's nice value and those of the threads FFmpeg started, while decoding."""
         loop = asyncio.get_running_loop()
         queue = StreamQueue("n", 2, False, lambda f, r: None)
         cfg = SourceConfig(name="n", url=str(clip), realtime=True, loop=True, decode_nice=decode_nice)
@@ -130,14 +129,14 @@ def test_decode_threads_and_the_ffmpeg_threads_they_start_run_at_lower_priority(
             await asyncio.sleep(0.01)
         now = _nice_of_threads()
         python_threads = {t.native_id for t in threading.enumerate()}
-        decode_nice_of["decode"] = now[worker.thread.native_id]
-        ffmpeg_nice_of.update({tid: n for tid, n in now.items() if tid not in before and tid not in python_threads})
         worker.stop()
         assert await asyncio.to_thread(worker.join, 5.0)
+        return now[worker.thread.native_id], {tid: n for tid, n in now.items()
+                                              if tid not in before and tid not in python_threads}
 
-    asyncio.run(run())
+    decode_thread_nice, ffmpeg_nice_of = asyncio.run(run())
     expected = min(19, base + decode_nice)
-    assert decode_nice_of["decode"] == expected
+    assert decode_thread_nice == expected
     assert ffmpeg_nice_of, "frame-threaded decoding should have started FFmpeg threads"
     assert set(ffmpeg_nice_of.values()) == {expected}, ffmpeg_nice_of
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the caller is untouched
