@@ -1,10 +1,11 @@
-"""Compiled host kernels for box-local masks: bilinear paste + threshold, and COCO RLE counts.
+"""Compiled host kernel for box-local masks: bilinear paste + threshold, with COCO RLE on the way.
 
 The publish path's per-instance work, written as loops that numba compiles once (cached on
 disk) and that release the GIL, so postprocess workers run beside the decode threads instead
-of queueing on the interpreter. Both are exact:
+of queueing on the interpreter. :func:`paste_frame` pastes every instance of a frame in one
+call and writes each mask's COCO RLE text as it goes (:mod:`engines.rle_kernels`).
 
-**Paste** (:func:`paste_box`) decides each pixel of a grown box's visible part as
+**Exactness.** :func:`paste_box` decides each pixel of a grown box's visible part as
 ``torch.nn.functional.interpolate(bilinear, align_corners=False) > threshold`` would, without
 reproducing PyTorch's float32 rounding (which depends on the CPU build: FMA contraction differs
 between AVX2/AVX-512/ARM kernels). It computes the interpolated value in float64 from torch's own
@@ -20,7 +21,7 @@ value differs from this float64 value by at most
 so ≤ 4.1e-6 < ``BAND`` = 8e-6. A larger mask (``M + 2 > 32``) has source indices with a larger
 ulp: the band doubles with each doubling of ``M + 2`` past 32.
 
-A pixel inside the band gets a bound of its own (:func:`_axis_error`): the index error at its
+A pixel inside the band gets a bound of its own (:func:`_band_pixel`): the index error at its
 row and column — one float32 ulp of ``scale * (j + 0.5)`` — times the neighbour differences it
 actually interpolates between, doubled, plus :data:`ARITHMETIC_BOUND`. Edges of a mask head are
 steep, but rarely 1 per source pixel, and most source indices are far below 32, so this bound is
@@ -30,40 +31,35 @@ pastes it with PyTorch itself — 3.0–3.2 % of realistic instances at threshol
 the band alone; :func:`streamer.replay.synthetic_detections`, 30 frames of 20 and of 100). The
 tests compare every decided pixel with PyTorch, with thresholds placed inside the band.
 
-**RLE counts** (:func:`box_rle_counts`): COCO's column-major run lengths of a box-local mask
-placed in the frame, the zero runs around the box being arithmetic (see
-:func:`streamer.schema.rle_counts`); :func:`coco_rle_string` writes them in COCO's compressed
-text form, byte for byte what pycocotools writes (``tests/engines/test_masks.py`` compares
-thousands of random cases with pycocotools' ``encode``).
+**Two traversals.** A box lower than :data:`TALL` × ``(M + 2)`` rows is pasted along its rows
+(:func:`_paste_rows`: every source row interpolated along x once, then a branch-free loop the
+compiler vectorizes), then its runs are read off (:func:`engines.rle_kernels.mask_runs`). A
+taller one is pasted down its columns, COCO's order (:func:`_paste_columns`): between two source
+rows the value is a convex combination of theirs, so a segment whose two ends lie on the same
+side of the band is decided whole, only segments that straddle it are computed per pixel, and
+the runs come out as it goes. Both give the same decisions.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
+from engines.rle_kernels import coco_rle_string, compiled, mask_runs, most_runs
+
 BAND = 8.0e-6
 """Half-width of the band around the threshold in which a pixel needs a closer look (see above)."""
+TALL = 3
+"""A box at least this many source rows high (``TALL * (M + 2)`` pixels) is pasted down its
+columns, where whole segments are decided at once; a lower one along its rows."""
 ARITHMETIC_BOUND = 1.0e-6
 """What PyTorch's float32 products, sums and ``1 - λ`` weights can move a value in [0, 1]: eight
 roundings of at most 6e-8 each (4.8e-7), doubled."""
 
 
-def _compiled(fn: Callable[..., Any]) -> Any:
-    """``fn`` compiled without the GIL, its machine code cached on disk (beside this file, else
-    under ``$XDG_CACHE_HOME``/``~/.cache``); where neither is writable, compiled in each process."""
-    try:
-        return numba.njit(cache=True, nogil=True)(fn)
-    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return numba.njit(nogil=True)(fn)
-
-
-@_compiled
+@compiled
 def _source_index(n_in: int, n_out: int, j: int) -> tuple[float, float]:
     """PyTorch's source index of output index ``j``, exactly: ``(p, real)`` with
     ``p = scale * (j + 0.5)`` and ``real = max(p - 0.5, 0)``, ``scale`` = fl32 of the exact
@@ -72,7 +68,7 @@ def _source_index(n_in: int, n_out: int, j: int) -> tuple[float, float]:
     return p, max(p - 0.5, 0.0)
 
 
-@_compiled
+@compiled
 def _axis(n_in: int, n_out: int, start: int, stop: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Source indices ``i0, i1`` and weight ``λ`` of ``i1`` for output indices ``start..stop-1``."""
     count = stop - start
@@ -89,152 +85,278 @@ def _axis(n_in: int, n_out: int, start: int, stop: int) -> tuple[npt.NDArray[np.
     return i0, i1, lam
 
 
-@_compiled
+@compiled
 def paste_box(src: npt.NDArray[np.float32], x1: int, y1: int, x2: int, y2: int, x0: int, xe: int, y0: int, ye: int,
-              threshold: float) -> tuple[npt.NDArray[np.bool_], int, bool]:
-    """The visible part of one grown box's pasted, thresholded mask.
+              threshold: float, height: int, width: int,
+              ) -> tuple[npt.NDArray[np.bool_], int, bool, npt.NDArray[np.int64]]:
+    """The visible part of one grown box's pasted, thresholded mask, and its COCO RLE counts.
 
     ``src`` is the padded ``float32[M+2, M+2]`` mask, ``(x1, y1, x2, y2)`` the integer grown box
-    (``x2``/``y2`` inclusive, may reach outside the frame), ``[y0:ye, x0:xe]`` the frame pixels it
-    covers (``engines.masks``' visible window); ``threshold`` the float32 threshold as a float.
-    Returns ``(mask, area, uncertain)``: ``bool[ye-y0, xe-x0]`` (empty when the window is), its
-    foreground count, and whether some pixel stayed undecided — within :data:`BAND` of the
-    threshold and within its own bound too (then ``mask`` is not to be used).
+    (``x2``/``y2`` inclusive, may reach outside the frame), ``[y0:ye, x0:xe]`` the pixels of the
+    ``height × width`` frame it covers (``engines.masks``' visible window); ``threshold`` the
+    float32 threshold as a float. Returns ``(mask, area, uncertain, counts)``: ``bool[ye-y0, xe-x0]``
+    (row- or column-major, see :func:`_paste_into`), its foreground count, whether some pixel
+    stayed undecided — within :data:`BAND` of the threshold and within its own bound too (then
+    neither ``mask`` nor ``counts`` is to be used) — and the uncompressed COCO RLE counts of the
+    mask in the frame (what :func:`box_rle_counts` gives for ``mask``).
     """
-    hc, wc = max(ye - y0, 0), max(xe - x0, 0)
-    mask = np.zeros((hc, wc), np.bool_)
+    h, w = max(ye - y0, 0), max(xe - x0, 0)
+    buf = np.zeros(h * w, np.bool_)
+    counts = np.empty(most_runs(h, w), np.int64)
+    area, uncertain, runs, column_major = _paste_into(buf, src, x1, y1, x2, y2, x0, y0, h, w, threshold,
+                                                      height, width, counts)
+    mask = buf.reshape((w, h)).T if column_major else buf.reshape((h, w))
+    return mask, area, uncertain, counts[:runs].copy()
+
+
+@compiled
+def _paste_into(buf: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], x1: int, y1: int, x2: int, y2: int,
+                x0: int, y0: int, h: int, w: int, threshold: float, height: int, width: int,
+                counts: npt.NDArray[np.int64]) -> tuple[int, bool, int, bool]:
+    """Paste one instance into ``buf`` (``bool[h * w]``, zeroed) and its runs into ``counts``
+    (room for :func:`most_runs`): ``(area, uncertain, runs, column_major)``.
+
+    A box at least :data:`TALL` source rows high is pasted down its columns (:func:`_paste_columns`:
+    whole segments between two source rows decided at once, runs as it goes), a lower one along
+    its rows (:func:`_paste_rows`, vectorized; then :func:`mask_runs`). ``column_major`` says
+    which: the mask is ``buf.reshape(w, h).T``, else ``buf.reshape(h, w)``.
+    """
+    if h >= TALL * src.shape[0]:
+        area, uncertain, runs = _paste_columns(buf.reshape((w, h)), src, x1, y1, x2, y2, x0, y0, threshold,
+                                               height, width, counts)
+        return area, uncertain, runs, True
+    mask = buf.reshape((h, w))
+    area, uncertain = _paste_rows(mask, src, x1, y1, x2, y2, x0, y0, threshold)
+    runs = 0 if uncertain else mask_runs(mask, x0, y0, height, width, counts)
+    return area, uncertain, runs, False
+
+
+@compiled
+def _paste_rows(mask: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], x1: int, y1: int, x2: int, y2: int,
+                x0: int, y0: int, threshold: float) -> tuple[int, bool]:
+    """:func:`paste_box` into ``mask`` (``bool[h, w]``) a frame row at a time: every source row
+    interpolated along x once, then each pixel between two of them (the loop the compiler
+    vectorizes). Returns ``(area, uncertain)``."""
+    hc, wc = mask.shape
     if hc == 0 or wc == 0:
-        return mask, 0, False
+        return 0, False
     n = src.shape[0]
     nx, ny = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)  # the size the whole grown box is resized to
-    xi0, xi1, xl = _axis(n, nx, x0 - x1, xe - x1)
-    yi0, yi1, yl = _axis(n, ny, y0 - y1, ye - y1)
+    xi0, xi1, xl = _axis(n, nx, x0 - x1, x0 - x1 + wc)
+    yi0, yi1, yl = _axis(n, ny, y0 - y1, y0 - y1 + hc)
     rows = np.empty((n, wc), np.float64)  # every source row interpolated along x
     for r in range(n):
         for c in range(wc):
             rows[r, c] = src[r, xi0[c]] * (1.0 - xl[c]) + src[r, xi1[c]] * xl[c]
-    band, limit = BAND, 32
-    while n > limit:  # a source index below 2^k has an ulp of 2^(k-24): the bound scales with it
-        band, limit = 2.0 * band, 2 * limit
-    hi, lo = threshold + band, threshold - band
+    hi, lo = _band_edges(threshold, n)
     area = 0
-    uncertain = 0
-    banded = np.zeros(hc, np.bool_)  # rows with a pixel inside the band
+    in_band = 0
     for rr in range(hc):
         a, b, lb = yi0[rr], yi1[rr], yl[rr]
         la = 1.0 - lb
-        in_band = 0
         for c in range(wc):  # branch-free, so that the compiler vectorizes along the row
             v = rows[a, c] * la + rows[b, c] * lb
             fg = v > hi
             mask[rr, c] = fg
             area += fg
             in_band += (v >= lo) & (not fg)
-        banded[rr] = in_band > 0
-        uncertain += in_band
-    if uncertain == 0:
-        return mask, area, False
-    # Some pixel lies within the band: bound PyTorch's deviation at that pixel alone.
-    xe_, xnear = _axis_error(n, nx, x0 - x1, xe - x1)
-    ye_, ynear = _axis_error(n, ny, y0 - y1, ye - y1)
-    for rr in range(hc):
-        if not banded[rr]:
-            continue
+    if in_band == 0:
+        return area, False
+    for rr in range(hc):  # some pixel lies within the band: decide it by its own bound
         a, b, lb = yi0[rr], yi1[rr], yl[rr]
         for c in range(wc):
             v = rows[a, c] * (1.0 - lb) + rows[b, c] * lb
             if v < lo or v > hi:
                 continue
-            if xnear[c] or ynear[rr]:
-                return mask, area, True
             dx = max(abs(src[a, xi1[c]] - src[a, xi0[c]]), abs(src[b, xi1[c]] - src[b, xi0[c]]))
-            bound = 2.0 * (xe_[c] * dx + ye_[rr] * abs(rows[b, c] - rows[a, c])) + ARITHMETIC_BOUND
-            if v - threshold > bound:
+            decided = _band_pixel(v, threshold, n, nx, x0 - x1 + c, dx, ny, y0 - y1 + rr, abs(rows[b, c] - rows[a, c]))
+            if decided < 0:
+                return area, True
+            if decided == 1:
                 mask[rr, c] = True
                 area += 1
-            elif threshold - v < bound:
-                return mask, area, True
-    return mask, area, False
+    return area, False
 
 
-@_compiled
-def _axis_error(n_in: int, n_out: int, start: int, stop: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-    """For output indices ``start..stop-1``: a bound on how far PyTorch's float32 source index
-    can lie from the exact one, and whether an integer lies within that distance (PyTorch may
-    then interpolate between other source pixels: the caller gives up on the pixel).
+@compiled
+def _band_edges(threshold: float, n: int) -> tuple[float, float]:
+    """``(threshold + band, threshold - band)`` for a padded mask of side ``n``: :data:`BAND`,
+    doubled for each doubling of ``n`` past 32 (a source index below 2^k has an ulp of
+    2^(k-24): PyTorch's deviation scales with it)."""
+    band, limit = BAND, 32
+    while n > limit:
+        band, limit = 2.0 * band, 2 * limit
+    return threshold + band, threshold - band
+
+
+@compiled
+def _paste_columns(mask_t: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], x1: int, y1: int, x2: int, y2: int,
+                   x0: int, y0: int, threshold: float, height: int, width: int, counts: npt.NDArray[np.int64],
+                   ) -> tuple[int, bool, int]:
+    """:func:`paste_box` into ``mask_t`` (``bool[w, h]``, zeroed: the mask transposed) and its
+    run lengths into ``counts`` (room for :func:`most_runs`), one frame column at a time, top
+    to bottom: COCO's order, so the runs come out as the pixels are decided. Returns ``(area,
+    uncertain, runs)``.
+
+    Along a column the bilinear value between two source rows ``a`` and ``a + 1`` is a convex
+    combination of those rows' values (each already interpolated along x): when both lie above
+    the band, every pixel between them is foreground, when both lie below it, background, and
+    only the segments that straddle the band are computed pixel by pixel (a box of height ``h``
+    has ``M + 2`` segments per column, of about ``h / (M + 2)`` pixels each).
+    """
+    wc, hc = mask_t.shape
+    total = height * width
+    if hc == 0 or wc == 0:
+        counts[0] = total
+        return 0, False, 1
+    n = src.shape[0]
+    nx, ny = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)  # the size the whole grown box is resized to
+    xi0, xi1, xl = _axis(n, nx, x0 - x1, x0 - x1 + wc)
+    yi0, yi1, yl = _axis(n, ny, y0 - y1, y0 - y1 + hc)
+    seg = np.empty(hc + 1, np.int64)  # rows seg[s]..seg[s+1]-1 interpolate between the same two source rows
+    nseg = 0
+    for rr in range(hc):
+        if rr == 0 or yi0[rr] != yi0[rr - 1]:
+            seg[nseg] = rr
+            nseg += 1
+    seg[nseg] = hc
+    hi, lo = _band_edges(threshold, n)
+    col = np.empty(n, np.float64)  # the source rows interpolated along x at this column
+    area = 0
+    runs, last, prev = 0, 0, False
+    for c in range(wc):
+        a0, a1, lx = xi0[c], xi1[c], xl[c]
+        for j in range(n):
+            col[j] = src[j, a0] * (1.0 - lx) + src[j, a1] * lx
+        out = mask_t[c]
+        base = (x0 + c) * height + y0  # frame index (column-major) of the column's first pixel
+        for s in range(nseg):
+            s0, s1 = seg[s], seg[s + 1]
+            ia, ib = yi0[s0], yi1[s0]
+            ra, rb = col[ia], col[ib]
+            if min(ra, rb) > hi or max(ra, rb) < lo:  # the whole segment on one side of the band
+                fg = ra > hi
+                if fg:
+                    out[s0:s1] = True
+                    area += s1 - s0
+                if fg != prev:
+                    counts[runs] = base + s0 - last
+                    runs, last, prev = runs + 1, base + s0, fg
+                continue
+            for rr in range(s0, s1):
+                lb = yl[rr]
+                v = ra * (1.0 - lb) + rb * lb
+                fg = v > hi
+                if not fg and v >= lo:  # inside the band: bound PyTorch's deviation at this pixel alone
+                    dx = max(abs(src[ia, a1] - src[ia, a0]), abs(src[ib, a1] - src[ib, a0]))
+                    decided = _band_pixel(v, threshold, n, nx, x0 - x1 + c, dx, ny, y0 - y1 + rr, abs(rb - ra))
+                    if decided < 0:
+                        return area, True, 0
+                    fg = decided == 1
+                if fg:
+                    out[rr] = True
+                    area += 1
+                if fg != prev:
+                    counts[runs] = base + rr - last
+                    runs, last, prev = runs + 1, base + rr, fg
+        # Below the box column the frame is zero, unless the box spans the full height (the run
+        # then continues into the next box column).
+        if prev and not (hc == height and c + 1 < wc) and base + hc < total:
+            counts[runs] = base + hc - last
+            runs, last, prev = runs + 1, base + hc, False
+    counts[runs] = total - last
+    return area, False, runs + 1
+
+
+@compiled
+def _band_pixel(v: float, threshold: float, n: int, nx: int, jx: int, dx: float, ny: int, jy: int, dy: float) -> int:
+    """Decide a pixel whose float64 value ``v`` lies inside the band: 1 (foreground) or 0 when
+    ``v`` is farther from ``threshold`` than PyTorch's value can be from it, else -1 (uncertain).
+
+    ``jx``/``jy`` are the pixel's output indices in the resized ``nx × ny`` box, ``dx``/``dy``
+    the neighbour differences it interpolates along x and y. PyTorch's error: each axis' source
+    index error (:func:`_index_error`) times that axis' difference, doubled, plus
+    :data:`ARITHMETIC_BOUND`; a source index that may round across an integer interpolates
+    between other pixels, so that pixel stays uncertain.
+    """
+    ex, near_x = _index_error(n, nx, jx)
+    ey, near_y = _index_error(n, ny, jy)
+    if near_x or near_y:
+        return -1
+    bound = 2.0 * (ex * dx + ey * dy) + ARITHMETIC_BOUND
+    if v - threshold > bound:
+        return 1
+    if threshold - v < bound:
+        return -1
+    return 0
+
+
+@compiled
+def paste_frame(padded: npt.NDArray[np.float32], grown: npt.NDArray[np.int64], sound: npt.NDArray[np.bool_],
+                height: int, width: int, threshold: float,
+                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.int64], npt.NDArray[np.bool_],
+                           npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """:func:`paste_box` of every instance of a frame, and their COCO RLE text, in one call.
+
+    ``padded`` is ``float32[K, M+2, M+2]``, ``grown`` ``int64[K, 4]`` integer grown boxes,
+    ``sound`` ``bool[K]`` (False: an empty mask). Returns ``(windows, masks, mask_offsets,
+    column_major, areas, uncertain, text, text_offsets)``: ``windows`` ``int64[K, 4]`` as
+    ``(x0, y0, h, w)`` (``h`` and ``w`` both 0 for an unsound instance or one wholly outside the
+    frame); instance ``i``'s mask is ``cells = masks[mask_offsets[i]:mask_offsets[i+1]]``,
+    ``cells.reshape(w, h).T`` where ``column_major[i]``, else ``cells.reshape(h, w)``; its COCO
+    compressed counts ``text[text_offsets[i]:text_offsets[i+1]]`` (ASCII). An uncertain
+    instance has neither (the caller pastes it again).
+    """
+    k = padded.shape[0]
+    windows = np.zeros((k, 4), np.int64)
+    mask_offsets = np.zeros(k + 1, np.int64)
+    for i in range(k):
+        x1, y1, x2, y2 = grown[i, 0], grown[i, 1], grown[i, 2], grown[i, 3]
+        x0, xe = min(max(x1, 0), width), min(max(x2 + 1, 0), width)
+        y0, ye = min(max(y1, 0), height), min(max(y2 + 1, 0), height)
+        windows[i, 0], windows[i, 1] = x0, y0
+        if sound[i] and xe > x0 and ye > y0:
+            windows[i, 2], windows[i, 3] = ye - y0, xe - x0
+        mask_offsets[i + 1] = mask_offsets[i] + windows[i, 2] * windows[i, 3]
+    masks = np.zeros(mask_offsets[k], np.bool_)
+    most = 1
+    for i in range(k):
+        most = max(most, most_runs(windows[i, 2], windows[i, 3]))
+    counts = np.empty(most, np.int64)
+    areas = np.zeros(k, np.int64)
+    uncertain = np.zeros(k, np.bool_)
+    column_major = np.zeros(k, np.bool_)
+    text = np.empty(64 * k + 16, np.uint8)
+    text_offsets = np.zeros(k + 1, np.int64)
+    for i in range(k):
+        h, w = windows[i, 2], windows[i, 3]
+        area, unsure, runs, column_major[i] = _paste_into(
+            masks[mask_offsets[i]:mask_offsets[i + 1]], padded[i], grown[i, 0], grown[i, 1], grown[i, 2], grown[i, 3],
+            windows[i, 0], windows[i, 1], h, w, threshold, height, width, counts)
+        areas[i], uncertain[i] = area, unsure
+        chars = coco_rle_string(counts[:runs])
+        start, stop = text_offsets[i], text_offsets[i] + chars.shape[0]
+        if stop > text.shape[0]:
+            longer = np.empty(2 * stop, np.uint8)
+            longer[:start] = text[:start]
+            text = longer
+        text[start:stop] = chars
+        text_offsets[i + 1] = stop
+    return windows, masks, mask_offsets, column_major, areas, uncertain, text[:text_offsets[k]].copy(), text_offsets
+
+
+@compiled
+def _index_error(n_in: int, n_out: int, j: int) -> tuple[float, bool]:
+    """For output index ``j``: a bound on how far PyTorch's float32 source index can lie from the
+    exact one, and whether an integer lies within that distance (PyTorch may then interpolate
+    between other source pixels: the caller gives up on the pixel).
 
     PyTorch computes ``scale * (j + 0.5) - 0.5`` in float32 with ``j + 0.5`` and ``scale``
     exact: one or two roundings (FMA or not), each at most ½ ulp of a value no larger than
     ``max(p, 0.5)`` with ``p = scale * (j + 0.5)``, so at most one float32 ulp of it. The clamp
     at 0 only shrinks the distance."""
-    count = stop - start
-    err = np.empty(count, np.float64)
-    near = np.zeros(count, np.bool_)
-    for k in range(count):
-        p, real = _source_index(n_in, n_out, start + k)
-        _, e = math.frexp(max(p, 0.5))  # max(p, 0.5) = m * 2**e with m in [0.5, 1): float32 ulp 2**(e - 24)
-        err[k] = math.ldexp(1.0, e - 24)
-        frac = real - math.floor(real)
-        near[k] = real >= 1.0 - err[k] and (frac <= err[k] or frac >= 1.0 - err[k])
-    return err, near
-
-
-@_compiled
-def box_rle_counts(mask: npt.NDArray[np.bool_], x0: int, y0: int, height: int, width: int) -> npt.NDArray[np.int64]:
-    """Uncompressed COCO RLE counts of ``bool[h, w]`` ``mask`` at frame pixel ``(x0, y0)``.
-
-    Runs alternate zeros and ones in column-major frame order, starting with zeros (a leading
-    0 when frame pixel (0, 0) is set). Below a box column the frame is zero, except when the box
-    spans the full height: then the next box column continues the run.
-    """
-    total = height * width
-    h, w = mask.shape
-    out = np.empty(h * w + w + 2, np.int64)
-    n = 0
-    last = 0
-    prev = False
-    for c in range(w if h > 0 else 0):
-        base = (x0 + c) * height + y0
-        for r in range(h):
-            v = mask[r, c]
-            if v != prev:
-                pos = base + r
-                out[n] = pos - last
-                n += 1
-                last, prev = pos, v
-        if prev and not (h == height and c + 1 < w):
-            pos = base + h
-            if pos < total:
-                out[n] = pos - last
-                n += 1
-                last, prev = pos, False
-    out[n] = total - last
-    return out[:n + 1].copy()
-
-
-@_compiled
-def coco_rle_string(counts: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
-    """COCO's compressed RLE text of ``counts`` (uncompressed run lengths) as ASCII bytes.
-
-    The format (pycocotools' ``rleToString``): from the fourth count on, each count is written
-    as its difference to the count two before (a run of the same value: zeros vs zeros, ones vs
-    ones), so mask edges that move little cost few characters. Each signed value goes out in
-    5-bit groups, least significant first; a group carries bit ``0x20`` when more follow, and
-    the last group's bit ``0x10`` is the sign. Every group is offset by 48 into printable ASCII.
-    """
-    out = np.empty(counts.shape[0] * 13 + 1, np.uint8)  # 64-bit values: at most 13 groups of 5 bits
-    n = 0
-    for i in range(counts.shape[0]):
-        x = counts[i]
-        if i > 2:
-            x -= counts[i - 2]
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5  # arithmetic shift: a negative value ends at -1
-            more = x != -1 if c & 0x10 else x != 0
-            if more:
-                c |= 0x20
-            out[n] = c + 48
-            n += 1
-    return out[:n].copy()
+    p, real = _source_index(n_in, n_out, j)
+    _, e = math.frexp(max(p, 0.5))  # max(p, 0.5) = m * 2**e with m in [0.5, 1): float32 ulp 2**(e - 24)
+    err = math.ldexp(1.0, e - 24)
+    frac = real - math.floor(real)
+    return err, real >= 1.0 - err and (frac <= err or frac >= 1.0 - err)

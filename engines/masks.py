@@ -36,7 +36,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from engines.mask_kernels import paste_box
+from engines.mask_kernels import paste_frame
 
 PADDING = 1
 """Zero pixels added on each side of the ``M×M`` mask before resizing (torchvision's value)."""
@@ -51,10 +51,16 @@ class BoxMask:
     y0: int
     """Top row in frame pixels, ``0 <= y0 <= H``."""
     mask: npt.NDArray[np.bool_]
-    """``bool[h, w]``, C-contiguous; ``h == 0`` or ``w == 0`` when the box lies outside the frame."""
+    """``bool[h, w]``; ``h == 0`` or ``w == 0`` when the box lies outside the frame. Row- or
+    column-major (the host kernel pastes tall boxes down their columns, COCO's order)."""
     area: int = field(default=-1, compare=False)
     """Foreground pixels, counted once at construction: masks are made on the postprocess
     workers, and the tracker on the event loop reads the count instead of recounting."""
+    coco_counts: str | None = field(default=None, compare=False)
+    """COCO compressed RLE counts of this mask in the ``frame_size`` frame it was pasted into,
+    when the paste made them on the way (the host kernel does); None otherwise."""
+    frame_size: tuple[int, int] | None = field(default=None, compare=False)
+    """``(height, width)`` of the frame ``coco_counts`` describes."""
 
     def __post_init__(self) -> None:
         if self.area < 0:
@@ -77,7 +83,8 @@ def expand_boxes(boxes: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], dim=1)
 
 
-def _grown_boxes(boxes: torch.Tensor | npt.NDArray[np.float32], scale: float) -> tuple[list[list[int]], list[bool]]:
+def _grown_boxes(boxes: torch.Tensor | npt.NDArray[np.float32], scale: float,
+                 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
     """Integer grown boxes (torchvision's float32 arithmetic, truncated) and which boxes are sound.
 
     numpy and torch float32 element-wise operations round alike, so host boxes stay in numpy
@@ -94,11 +101,11 @@ def _grown_boxes(boxes: torch.Tensor | npt.NDArray[np.float32], scale: float) ->
         y_c = (b[:, 3] + b[:, 1]) * np.float32(0.5)
         with np.errstate(invalid="ignore", over="ignore"):
             grown = np.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], axis=1).astype(np.int64)
-        return grown.tolist(), sound.tolist()
+        return grown, sound
     t = boxes.to(torch.float32)
     sound_t = torch.isfinite(t).all(dim=1) & (t[:, 2] >= t[:, 0]) & (t[:, 3] >= t[:, 1])
     grown_t = expand_boxes(torch.nan_to_num(t), scale).to(torch.int64)
-    return grown_t.cpu().tolist(), sound_t.cpu().tolist()
+    return grown_t.cpu().numpy(), sound_t.cpu().numpy()
 
 
 def paste_boxes(mask_probs: npt.NDArray[np.float32] | torch.Tensor,
@@ -124,7 +131,7 @@ def paste_boxes(mask_probs: npt.NDArray[np.float32] | torch.Tensor,
     crops: list[tuple[int, int, Any]] = []
     with torch.inference_mode():
         padded = F.pad(probs.float(), (PADDING,) * 4)
-        for i, (x1, y1, x2, y2) in enumerate(grown):
+        for i, (x1, y1, x2, y2) in enumerate(grown.tolist()):
             x0, xe, y0, ye = _visible(x1, y1, x2, y2, height, width)
             if not sound[i] or x0 >= xe or y0 >= ye:  # unsound, or wholly outside the frame: nothing to paste
                 crops.append((x0, y0, np.zeros((0, 0), dtype=bool)))
@@ -151,26 +158,31 @@ def _torch_paste(padded: torch.Tensor, box: tuple[int, int, int, int], window: t
     return resized[y0 - y1:ye - y1, x0 - x1:xe - x1] > threshold
 
 
-def _paste_on_host(probs: npt.NDArray[np.float32], grown: list[list[int]], sound: list[bool],
+def _paste_on_host(probs: npt.NDArray[np.float32], grown: npt.NDArray[np.int64], sound: npt.NDArray[np.bool_],
                    height: int, width: int, threshold: float) -> list[BoxMask]:
-    """Host paste: the compiled kernel decides each pixel; an instance it leaves uncertain (a
-    pixel it cannot decide as PyTorch would, :func:`engines.mask_kernels.paste_box`) is resized
-    by PyTorch."""
+    """Host paste: the compiled kernel decides each pixel and writes each mask's COCO RLE on the
+    way (:func:`engines.mask_kernels.paste_frame`, one call per frame); an instance it leaves
+    uncertain (a pixel it cannot decide as PyTorch would) is resized by PyTorch."""
     padded = np.pad(probs, ((0, 0), (PADDING, PADDING), (PADDING, PADDING)))
     threshold32 = float(np.float32(threshold))  # PyTorch compares float32 masks with a float32 threshold
+    windows, flat, offsets, column_major, areas, uncertain, text, text_offsets = paste_frame(
+        padded, np.ascontiguousarray(grown, dtype=np.int64), np.ascontiguousarray(sound, dtype=np.bool_),
+        height, width, threshold32)
     out = []
-    for i, (x1, y1, x2, y2) in enumerate(grown):
-        x0, xe, y0, ye = _visible(x1, y1, x2, y2, height, width)
-        if not sound[i] or x0 >= xe or y0 >= ye:
+    size = (height, width)
+    for i, (x0, y0, h, w) in enumerate(windows.tolist()):
+        if h == 0:  # unsound, or wholly outside the frame
             out.append(BoxMask(x0, y0, np.zeros((0, 0), dtype=bool), 0))
-            continue
-        mask, area, uncertain = paste_box(padded[i], x1, y1, x2, y2, x0, xe, y0, ye, threshold32)
-        if uncertain:
+        elif uncertain[i]:
+            x1, y1, x2, y2 = grown[i].tolist()
             with torch.inference_mode():
-                crop = _torch_paste(torch.from_numpy(padded[i]), (x1, y1, x2, y2), (x0, xe, y0, ye), threshold)
+                crop = _torch_paste(torch.from_numpy(padded[i]), (x1, y1, x2, y2), (x0, x0 + w, y0, y0 + h), threshold)
             out.append(BoxMask(x0, y0, np.ascontiguousarray(crop.numpy())))
         else:
-            out.append(BoxMask(x0, y0, mask, int(area)))
+            cells = flat[offsets[i]:offsets[i + 1]]
+            mask = cells.reshape(w, h).T if column_major[i] else cells.reshape(h, w)
+            counts = text[text_offsets[i]:text_offsets[i + 1]].tobytes().decode("ascii")
+            out.append(BoxMask(x0, y0, mask, int(areas[i]), counts, size))
     return out
 
 

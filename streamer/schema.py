@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from pycocotools import mask as mask_utils
 
-from engines.mask_kernels import box_rle_counts, coco_rle_string
+from engines.rle_kernels import box_rle_counts, coco_rle_string
 from streamer.encodings import MaskEncoding
 from streamer.polygons import mask_to_polygons
 
@@ -35,7 +35,7 @@ def rle_counts(bm: BoxMask, height: int, width: int) -> npt.NDArray[np.int64]:
 
     COCO RLE runs over the frame in column-major order, alternating zeros and ones, starting
     with zeros (a leading 0 when pixel (0, 0) is set). Only the box is read: the zero runs
-    between boxes and columns are arithmetic (:func:`engines.mask_kernels.box_rle_counts`).
+    between boxes and columns are arithmetic (:func:`engines.rle_kernels.box_rle_counts`).
     """
     return box_rle_counts(bm.mask, bm.x0, bm.y0, height, width)
 
@@ -43,8 +43,11 @@ def rle_counts(bm: BoxMask, height: int, width: int) -> npt.NDArray[np.int64]:
 def encode_box_rle(bm: BoxMask, height: int, width: int) -> dict[str, Any]:
     """One box-local mask → its full-frame COCO compressed RLE ``{"size": [H, W], "counts": str}``.
 
-    Byte-identical to pycocotools' ``encode`` of the full-frame mask, without making it.
+    Byte-identical to pycocotools' ``encode`` of the full-frame mask, without making it. The
+    host paste already wrote them (``bm.coco_counts``) when ``bm`` was pasted in this frame size.
     """
+    if bm.coco_counts is not None and bm.frame_size == (height, width):
+        return {"size": [height, width], "counts": bm.coco_counts}
     text = coco_rle_string(rle_counts(bm, height, width))
     return {"size": [height, width], "counts": text.tobytes().decode("ascii")}
 

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from engines.mask_kernels import BAND, box_rle_counts, coco_rle_string, paste_box
+from engines.mask_kernels import BAND, TALL, paste_box
 from engines.masks import BoxMask, _grown_boxes, _visible, paste_boxes
+from engines.rle_kernels import box_rle_counts, coco_rle_string
 from streamer.replay import synthetic_detections
 
 
@@ -24,10 +25,18 @@ def torch_crop(src: np.ndarray, box: tuple[int, int, int, int], height: int, wid
     return resized[y0 - y1:ye - y1, x0 - x1:xe - x1]
 
 
-def kernel(src: np.ndarray, box: tuple[int, int, int, int] | list[int], height: int, width: int,
+def kernel(src: np.ndarray, box: tuple[int, int, int, int] | list[int] | np.ndarray, height: int, width: int,
            threshold: float) -> tuple[np.ndarray, int, bool]:
-    """:func:`paste_box` over the box's visible window in a ``height × width`` frame."""
-    return paste_box(src, *box, *_visible(*box, height, width), threshold)  # type: ignore[no-any-return]
+    """:func:`paste_box` over the box's visible window in a ``height × width`` frame; its RLE
+    counts checked against pycocotools' encoding of the mask placed in the frame."""
+    x0, xe, y0, ye = _visible(*box, height, width)
+    mask, area, unsure, counts = paste_box(src, *box, x0, xe, y0, ye, threshold, height, width)
+    if not unsure:
+        full = np.zeros((height, width), np.uint8, order="F")
+        full[y0:ye, x0:xe] = mask
+        want = mask_utils.encode(full[:, :, None])[0]["counts"]
+        assert coco_rle_string(counts).tobytes() == want, (box, threshold)
+    return mask, area, unsure
 
 
 def float64_values(src: np.ndarray, box: tuple[int, int, int, int], height: int, width: int) -> np.ndarray:
@@ -62,12 +71,12 @@ def test_certain_pixels_are_decided_as_pytorch_decides_them(m: int, cases: int) 
     Many instances have pixels inside the band that the per-pixel bound then decided ("refined"):
     those pixels are the ones closest to the threshold, the hardest to get right."""
     rng = np.random.default_rng(3)
-    height, width = 97, 131
-    certain = uncertain = pixels = refined = 0
+    height, width = TALL * (m + 2) + 60, 131  # room for boxes pasted down their columns
+    certain = uncertain = pixels = refined = columns = 0
     for _ in range(cases):
         src = random_source(rng, m)
-        x1, y1 = (int(v) for v in rng.integers(-60, 140, 2))
-        x2, y2 = x1 + int(rng.integers(0, 180)), y1 + int(rng.integers(0, 180))
+        x1, y1 = int(rng.integers(-60, 140)), int(rng.integers(-60, height - 40))
+        x2, y2 = x1 + int(rng.integers(0, 180)), y1 + int(rng.integers(0, 3 * height // 2))
         threshold = float(rng.choice([0.5, 0.3, 0.9]))
         mask, area, unsure = kernel(src, (x1, y1, x2, y2), height, width, threshold)
         want = torch_crop(src, (x1, y1, x2, y2), height, width) > threshold
@@ -76,11 +85,13 @@ def test_certain_pixels_are_decided_as_pytorch_decides_them(m: int, cases: int) 
             uncertain += 1
             continue
         certain += 1
+        columns += mask.shape[0] >= TALL * (m + 2)  # pasted down its columns, else along its rows
         pixels += mask.size
         refined += bool(np.any(np.abs(float64_values(src, (x1, y1, x2, y2), height, width) - threshold) <= BAND))
         assert np.array_equal(mask, want), (x1, y1, x2, y2, threshold)
         assert area == np.count_nonzero(want)
     assert certain > cases * 2 // 3 and pixels > cases * 1300, (certain, pixels)
+    assert cases // 10 < columns < certain - cases // 10, columns  # both ways of pasting, in numbers
     assert refined + uncertain > cases // 150, (refined, uncertain)
 
 
@@ -90,12 +101,12 @@ def test_pixels_at_the_threshold_are_decided_as_pytorch_decides_them_or_handed_b
     its float64 value): the kernel must decide those pixels by the per-pixel bound exactly as
     PyTorch does, or report the instance uncertain."""
     rng = np.random.default_rng(4)
-    height, width = 97, 131
+    height, width = 197, 131
     refined = uncertain = 0
     for _ in range(cases):
         src = random_source(rng, m)
         x1, y1 = (int(v) for v in rng.integers(-20, 100, 2))
-        box = (x1, y1, x1 + int(rng.integers(2, 120)), y1 + int(rng.integers(2, 120)))
+        box = (x1, y1, x1 + int(rng.integers(2, 120)), y1 + int(rng.integers(2, 200)))
         exact = float64_values(src, box, height, width)
         if exact.size == 0:
             continue

@@ -17,7 +17,7 @@ CASES = 3000
 def random_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int, int]:
     """One instance: ``float32[1, 28, 28]`` probabilities (empty, full, blob or noise) and a box
     that may be tiny, 1 pixel, touching or crossing any frame edge, or wholly outside."""
-    h, w = (int(v) for v in rng.integers(1, 72, 2))
+    h, w = (int(v) for v in rng.integers(1, 240 if rng.random() < 0.5 else 72, 2))
     kind = rng.integers(4)
     if kind == 0:
         probs = np.zeros((28, 28), np.float32)
@@ -29,7 +29,7 @@ def random_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int, 
         probs = 1 / (1 + np.exp(-(r - np.hypot(yy - rng.uniform(0, 28), xx - rng.uniform(0, 28)))))
     else:
         probs = rng.random((28, 28))
-    size = rng.choice([0.0, 0.4, 1.0, 2.0, 7.0, 30.0, 120.0], 2) * rng.uniform(0.5, 1.5, 2)
+    size = rng.choice([0.0, 0.4, 1.0, 2.0, 7.0, 30.0, 120.0, 250.0], 2) * rng.uniform(0.5, 1.5, 2)
     centre = rng.uniform(-0.3, 1.3, 2) * (w, h)
     if rng.random() < 0.3:  # snap onto an edge or a pixel boundary
         centre = np.round(centre)
@@ -50,7 +50,7 @@ def torchvision_mask(probs: np.ndarray, box: np.ndarray, h: int, w: int, thresho
 
 def test_box_local_paste_rle_and_polygons_equal_torchvision_and_pycocotools() -> None:
     rng = np.random.default_rng(20261203)
-    outside = edge = empty = 0
+    outside = edge = empty = columns = 0
     for case in range(CASES):
         probs, box, h, w = random_case(rng)
         threshold = float(rng.choice([0.5, 0.3, 0.9]))
@@ -68,8 +68,9 @@ def test_box_local_paste_rle_and_polygons_equal_torchvision_and_pycocotools() ->
         outside += mh == 0 or mw == 0
         edge += mh > 0 and mw > 0 and (bm.x0 == 0 or bm.y0 == 0 or bm.x0 + mw == w or bm.y0 + mh == h)
         empty += not ref.any()
+        columns += not bm.mask.flags.c_contiguous  # a tall box, pasted down its columns
     # The generator reaches the cases that matter, in numbers.
-    assert outside > 100 and edge > 500 and empty > 300, (outside, edge, empty)
+    assert outside > 100 and edge > 500 and empty > 300 and columns > 60, (outside, edge, empty, columns)
 
 
 @pytest.mark.parametrize(("mask", "counts"), [

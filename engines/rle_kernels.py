@@ -1,0 +1,96 @@
+"""Compiled COCO RLE kernels: run lengths of a box-local mask placed in its frame, and COCO's
+compressed text of run lengths.
+
+**Counts** (:func:`box_rle_counts`): COCO's column-major run lengths of a box-local mask, the zero
+runs around the box being arithmetic (see :func:`streamer.schema.rle_counts`). **Text**
+(:func:`coco_rle_string`): byte for byte what pycocotools writes (``tests/engines/test_masks.py``
+and ``tests/engines/test_mask_kernels.py`` compare thousands of random cases with pycocotools'
+``encode``). The host paste (:mod:`engines.mask_kernels`) uses both while it pastes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+
+def compiled(fn: Callable[..., Any]) -> Any:
+    """``fn`` compiled without the GIL, its machine code cached on disk (beside this file, else
+    under ``$XDG_CACHE_HOME``/``~/.cache``); where neither is writable, compiled in each process."""
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(fn)
+
+
+@compiled
+def most_runs(h: int, w: int) -> int:
+    """Most COCO runs an ``h × w`` box mask can add to a frame: one starting at each pixel, one
+    below each column, and the last."""
+    return h * w + w + 2
+
+
+@compiled
+def box_rle_counts(mask: npt.NDArray[np.bool_], x0: int, y0: int, height: int, width: int) -> npt.NDArray[np.int64]:
+    """Uncompressed COCO RLE counts of ``bool[h, w]`` ``mask`` at frame pixel ``(x0, y0)``.
+
+    Runs alternate zeros and ones in column-major frame order, starting with zeros (a leading
+    0 when frame pixel (0, 0) is set). Below a box column the frame is zero, except when the box
+    spans the full height: then the next box column continues the run.
+    """
+    h, w = mask.shape
+    counts = np.empty(most_runs(h, w), np.int64)
+    return counts[:mask_runs(mask, x0, y0, height, width, counts)].copy()
+
+
+@compiled
+def mask_runs(mask: npt.NDArray[np.bool_], x0: int, y0: int, height: int, width: int,
+               counts: npt.NDArray[np.int64]) -> int:
+    """:func:`box_rle_counts` into ``counts`` (room for :func:`most_runs`); returns how many."""
+    total = height * width
+    h, w = mask.shape
+    runs, last, prev = 0, 0, False
+    for c in range(w if h > 0 else 0):
+        base = (x0 + c) * height + y0
+        for r in range(h):
+            v = mask[r, c]
+            if v != prev:
+                counts[runs] = base + r - last
+                runs, last, prev = runs + 1, base + r, v
+        if prev and not (h == height and c + 1 < w) and base + h < total:
+            counts[runs] = base + h - last
+            runs, last, prev = runs + 1, base + h, False
+    counts[runs] = total - last
+    return runs + 1
+
+
+@compiled
+def coco_rle_string(counts: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+    """COCO's compressed RLE text of ``counts`` (uncompressed run lengths) as ASCII bytes.
+
+    The format (pycocotools' ``rleToString``): from the fourth count on, each count is written
+    as its difference to the count two before (a run of the same value: zeros vs zeros, ones vs
+    ones), so mask edges that move little cost few characters. Each signed value goes out in
+    5-bit groups, least significant first; a group carries bit ``0x20`` when more follow, and
+    the last group's bit ``0x10`` is the sign. Every group is offset by 48 into printable ASCII.
+    """
+    out = np.empty(counts.shape[0] * 13 + 1, np.uint8)  # 64-bit values: at most 13 groups of 5 bits
+    n = 0
+    for i in range(counts.shape[0]):
+        x = counts[i]
+        if i > 2:
+            x -= counts[i - 2]
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5  # arithmetic shift: a negative value ends at -1
+            more = x != -1 if c & 0x10 else x != 0
+            if more:
+                c |= 0x20
+            out[n] = c + 48
+            n += 1
+    return out[:n].copy()
