@@ -62,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=run)
 
 
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (memory the kernel had to map in, zeroed)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _reset_peak_rss() -> None:
     """Start a new peak-RSS window (Linux: ``5`` into ``/proc/self/clear_refs`` resets VmHWM)."""
     with contextlib.suppress(OSError):  # elsewhere the peak covers the whole process
@@ -94,14 +99,14 @@ def decode_ceiling(video: Path, streams: int) -> dict[str, float]:
         cpu[i] = time.thread_time() - start
 
     threads = [threading.Thread(target=decode, args=(i,), name=f"decode-only-{i}") for i in range(streams)]
-    t0, p0 = time.perf_counter(), time.process_time()
+    t0, p0, f0 = time.perf_counter(), time.process_time(), _minor_faults()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall, process_cpu = time.perf_counter() - t0, time.process_time() - p0
+    wall, process_cpu, faults = time.perf_counter() - t0, time.process_time() - p0, _minor_faults() - f0
     frames = sum(counts)
-    return {"frames": frames, "wall_s": wall, "fps": frames / wall,
+    return {"frames": frames, "wall_s": wall, "fps": frames / wall, "minor_faults_per_frame": faults / max(frames, 1),
             "thread_cpu_ms_per_frame": 1000 * sum(cpu) / frames,
             "process_cpu_ms_per_frame": 1000 * process_cpu / frames}
 
@@ -125,14 +130,15 @@ def pipeline(video: Path, streams: int, runner: Any, batch: int, workers: int, o
     registry = CollectorRegistry()
     daemon = Daemon(cfg, registry=registry, runner=runner)
     _reset_peak_rss()
-    t0, p0 = time.perf_counter(), time.process_time()
+    t0, p0, f0 = time.perf_counter(), time.process_time(), _minor_faults()
     code = asyncio.run(daemon.run())
-    wall, process_cpu = time.perf_counter() - t0, time.process_time() - p0
+    wall, process_cpu, faults = time.perf_counter() - t0, time.process_time() - p0, _minor_faults() - f0
     published = sum(1 for _ in out.open())
     stage_ms = {stage: 1000 * (registry.get_sample_value("streamer_stage_cpu_seconds_total", {"stage": stage}) or 0.0)
                 / max(published, 1) for stage in PIPELINE_STAGES}
     return {"exit": code, "frames": published, "wall_s": wall, "fps": published / wall,
             "process_cpu_ms_per_frame": 1000 * process_cpu / max(published, 1),
+            "minor_faults_per_frame": faults / max(published, 1),
             "stage_cpu_ms_per_frame": stage_ms, "peak_rss_mb": _peak_rss_mb()}
 
 
@@ -228,9 +234,10 @@ def _print(r: dict[str, Any]) -> None:
     print(f"{r['streams']} streams of {w}x{h} H.264, runner {r['runner']}, batch {r['batch']}, "
           f"{r['postprocess_workers']} postprocess workers")
     print(f"decode only : {d['fps']:7.1f} frames/s  ({d['frames']} frames, process CPU "
-          f"{d['process_cpu_ms_per_frame']:.1f} ms/frame)")
+          f"{d['process_cpu_ms_per_frame']:.1f} ms/frame, {d['minor_faults_per_frame']:.0f} page faults/frame)")
     print(f"pipeline    : {p['fps']:7.1f} frames/s  ({p['frames']} frames published, exit {p['exit']}, process CPU "
-          f"{p['process_cpu_ms_per_frame']:.1f} ms/frame) = {r['pipeline_vs_decode']:.2f} x decode only")
+          f"{p['process_cpu_ms_per_frame']:.1f} ms/frame, {p['minor_faults_per_frame']:.0f} page faults/frame) "
+          f"= {r['pipeline_vs_decode']:.2f} x decode only")
     if "model_only" in r:
         m = r["model_only"]
         print(f"model only  : {m['fps']:7.1f} frames/s at batch {m['batch']}; pipeline = "

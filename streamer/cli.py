@@ -17,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from streamer.heap import keep_freed_heap
+
 _COMMANDS: dict[str, str] = {
     "process": "streamer.process_cli",
     "run": "streamer.run_cli",
@@ -87,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         configure_logging(args.log_level)
+        keep_freed_heap()  # decoded frames reuse freed frames' memory (streamer.heap)
         status: int = args.func(args)
     except SystemExit as stop:  # parser.error() (2) and --help (0), from here or a subcommand
         if stop.code is None or isinstance(stop.code, int):
