@@ -116,7 +116,7 @@ def _paste_into(buf: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], x1: in
     """Paste one instance into ``buf`` (``bool[h * w]``, zeroed) and its runs into ``counts``
     (room for :func:`most_runs`): ``(area, uncertain, runs, column_major)``.
 
-    A box at least :data:`TALL` source rows high is pasted down its columns (:func:`_paste_columns`:
+    A box at least :data:`TALL` × ``(M + 2)`` rows high is pasted down its columns (:func:`_paste_columns`:
     whole segments between two source rows decided at once, runs as it goes), a lower one along
     its rows (:func:`_paste_rows`, vectorized; then :func:`mask_runs`). ``column_major`` says
     which: the mask is ``buf.reshape(w, h).T``, else ``buf.reshape(h, w)``.
