@@ -180,7 +180,7 @@ def _paste_on_host(probs: npt.NDArray[np.float32], grown: npt.NDArray[np.int64],
                 crop = _torch_paste(torch.from_numpy(padded[i]), (x1, y1, x2, y2), (x0, x0 + w, y0, y0 + h), threshold)
             out.append(BoxMask(x0, y0, np.ascontiguousarray(crop.numpy())))
         else:
-            cells = flat[offsets[i]:offsets[i + 1]]
+            cells = flat[offsets[i]:offsets[i + 1]].copy()  # its own memory: a kept mask must not pin the frame's buffer
             mask = cells.reshape(w, h).T if column_major[i] else cells.reshape(h, w)
             counts = text[text_offsets[i]:text_offsets[i + 1]].tobytes().decode("ascii")
             out.append(BoxMask(x0, y0, mask, int(areas[i]), counts, size))

@@ -154,7 +154,8 @@ def test_the_band_is_what_keeps_the_kernel_exact() -> None:
 
 def test_realistic_frames_paste_as_torchvision_with_both_paths_taken() -> None:
     """1080p frames of realistic detections: every mask equals torchvision's; some instances
-    were decided by the kernel alone and some handed back to PyTorch."""
+    were decided by the kernel alone and some handed back to PyTorch; each mask holds only its
+    own pixels (a mask the tracker keeps for a second must not pin its whole frame's buffer)."""
     height, width = 1080, 1920
     unsure = 0
     for seed in range(6):
@@ -165,6 +166,10 @@ def test_realistic_frames_paste_as_torchvision_with_both_paths_taken() -> None:
         for k, bm in enumerate(masks):
             assert np.array_equal(bm.to_full(height, width), want[k].numpy()), (seed, k)
             assert bm.area == int(want[k].sum())
+            owner = bm.mask
+            while isinstance(owner.base, np.ndarray):
+                owner = owner.base
+            assert owner.nbytes == bm.mask.nbytes, (seed, k)  # a kept mask pins only its own pixels
         padded = np.pad(det.mask_probs, ((0, 0), (1, 1), (1, 1)))
         grown, _ = _grown_boxes(det.boxes, 30 / 28)
         unsure += sum(kernel(padded[k], grown[k], height, width, 0.5)[2] for k in range(20))
