@@ -47,7 +47,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from engines.rle_kernels import coco_rle_string, compiled, mask_runs, most_runs
+from engines.rle_kernels import coco_rle_string, compiled, end_column, mask_runs, most_runs
 
 BAND = 8.0e-6
 """Half-width of the band around the threshold in which a pixel needs a closer look (see above)."""
@@ -259,11 +259,7 @@ def _paste_columns(mask_t: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], 
                 if fg != prev:
                     counts[runs] = base + rr - last
                     runs, last, prev = runs + 1, base + rr, fg
-        # Below the box column the frame is zero, unless the box spans the full height (the run
-        # then continues into the next box column).
-        if prev and not (hc == height and c + 1 < wc) and base + hc < total:
-            counts[runs] = base + hc - last
-            runs, last, prev = runs + 1, base + hc, False
+        runs, last, prev = end_column(counts, runs, last, prev, base + hc, hc == height and c + 1 < wc, total)
     counts[runs] = total - last
     return area, False, runs + 1
 
@@ -292,6 +288,13 @@ def _band_pixel(v: float, threshold: float, n: int, nx: int, jx: int, dx: float,
 
 
 @compiled
+def visible(x1: int, y1: int, x2: int, y2: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """``(x0, xe, y0, ye)``: the frame pixels ``[y0:ye, x0:xe]`` an integer box (inclusive ends) covers."""
+    return (min(max(x1, 0), width), min(max(x2 + 1, 0), width),
+            min(max(y1, 0), height), min(max(y2 + 1, 0), height))
+
+
+@compiled
 def paste_frame(padded: npt.NDArray[np.float32], grown: npt.NDArray[np.int64], sound: npt.NDArray[np.bool_],
                 height: int, width: int, threshold: float,
                 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.int64], npt.NDArray[np.bool_],
@@ -311,9 +314,7 @@ def paste_frame(padded: npt.NDArray[np.float32], grown: npt.NDArray[np.int64], s
     windows = np.zeros((k, 4), np.int64)
     mask_offsets = np.zeros(k + 1, np.int64)
     for i in range(k):
-        x1, y1, x2, y2 = grown[i, 0], grown[i, 1], grown[i, 2], grown[i, 3]
-        x0, xe = min(max(x1, 0), width), min(max(x2 + 1, 0), width)
-        y0, ye = min(max(y1, 0), height), min(max(y2 + 1, 0), height)
+        x0, xe, y0, ye = visible(grown[i, 0], grown[i, 1], grown[i, 2], grown[i, 3], height, width)
         windows[i, 0], windows[i, 1] = x0, y0
         if sound[i] and xe > x0 and ye > y0:
             windows[i, 2], windows[i, 3] = ye - y0, xe - x0

@@ -37,7 +37,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from engines.mask_kernels import paste_frame
+from engines.mask_kernels import paste_frame, visible
 
 PADDING = 1
 """Zero pixels added on each side of the ``M×M`` mask before resizing (torchvision's value)."""
@@ -133,19 +133,13 @@ def paste_boxes(mask_probs: npt.NDArray[np.float32] | torch.Tensor,
     with torch.inference_mode():
         padded = F.pad(probs.float(), (PADDING,) * 4)
         for i, (x1, y1, x2, y2) in enumerate(grown.tolist()):
-            x0, xe, y0, ye = _visible(x1, y1, x2, y2, height, width)
+            x0, xe, y0, ye = visible(x1, y1, x2, y2, height, width)
             if not sound[i] or x0 >= xe or y0 >= ye:  # unsound, or wholly outside the frame: nothing to paste
                 crops.append((x0, y0, np.zeros((0, 0), dtype=bool)))
             else:
                 crops.append((x0, y0, _torch_paste(padded[i], (x1, y1, x2, y2), (x0, xe, y0, ye), threshold)))
         crops = _to_host(crops)
     return [BoxMask(x0, y0, np.ascontiguousarray(c)) for x0, y0, c in crops]
-
-
-def _visible(x1: int, y1: int, x2: int, y2: int, height: int, width: int) -> tuple[int, int, int, int]:
-    """``(x0, xe, y0, ye)``: the frame pixels ``[y0:ye, x0:xe]`` an integer box (inclusive ends) covers."""
-    return (min(max(x1, 0), width), min(max(x2 + 1, 0), width),
-            min(max(y1, 0), height), min(max(y2 + 1, 0), height))
 
 
 def _torch_paste(padded: torch.Tensor, box: tuple[int, int, int, int], window: tuple[int, int, int, int],

@@ -61,11 +61,22 @@ def mask_runs(mask: npt.NDArray[np.bool_], x0: int, y0: int, height: int, width:
             if v != prev:
                 counts[runs] = base + r - last
                 runs, last, prev = runs + 1, base + r, v
-        if prev and not (h == height and c + 1 < w) and base + h < total:
-            counts[runs] = base + h - last
-            runs, last, prev = runs + 1, base + h, False
+        runs, last, prev = end_column(counts, runs, last, prev, base + h, h == height and c + 1 < w, total)
     counts[runs] = total - last
     return runs + 1
+
+
+@compiled
+def end_column(counts: npt.NDArray[np.int64], runs: int, last: int, prev: bool, below: int, joins_next: bool,
+               total: int) -> tuple[int, int, bool]:
+    """The run state ``(runs, last, prev)`` after a box column whose last pixel was ``prev``:
+    below the column (frame index ``below``) the frame is zero, so a run of ones ends there —
+    unless the box spans the full height and another column follows (``joins_next``: the run
+    continues at the top of the next column), or the column ends the frame."""
+    if prev and not joins_next and below < total:
+        counts[runs] = below - last
+        return runs + 1, below, False
+    return runs, last, prev
 
 
 @compiled

@@ -28,24 +28,25 @@ import ctypes
 import ctypes.util
 import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 TRIM_INTERVAL_S = 5.0
 """Seconds between two trims of the daemon's heap."""
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
+def _libc_function(name: str, *argtypes: type) -> Any:
+    """The C library's function ``name`` taking ``argtypes`` and returning an int, or None where
+    the C library has none (musl has no ``malloc_trim``; macOS neither it nor ``mallopt``)."""
     try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)
     except (OSError, AttributeError, TypeError):
         return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
+    fn.argtypes = list(argtypes)
+    fn.restype = ctypes.c_int
+    return fn
 
 
-_malloc_trim = _load_malloc_trim()
+_malloc_trim: Callable[[int], int] | None = _libc_function("malloc_trim", ctypes.c_size_t)
 
 MMAP_THRESHOLD = 32 << 20
 """Blocks up to this size (glibc's maximum: a 4K RGB frame is 24 MiB) come from the arenas and stay there when freed."""
@@ -55,26 +56,16 @@ daemon's :func:`release_free_heap` every :data:`TRIM_INTERVAL_S` still returns a
 OPERATOR_KNOBS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
 """Environment variables through which an operator tunes glibc's malloc: when one is set, :func:`keep_freed_heap` stays out."""
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
-
-
-def _load_mallopt() -> Callable[[int, int], int] | None:
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    except (OSError, AttributeError, TypeError):
-        return None
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return mallopt
+_mallopt: Callable[[int, int], int] | None = _libc_function("mallopt", ctypes.c_int, ctypes.c_int)
 
 
 def keep_freed_heap(environ: Mapping[str, str] = os.environ) -> bool | None:
     """Let freed frame-sized blocks stay in the heap for the next frame (see the module docstring):
     True when set, None where the C library has no ``mallopt`` or the operator tuned malloc
     through ``environ`` (:data:`OPERATOR_KNOBS`), False if glibc refused a value."""
-    mallopt = _load_mallopt()
-    if mallopt is None or any(knob in environ for knob in OPERATOR_KNOBS):
+    if _mallopt is None or any(knob in environ for knob in OPERATOR_KNOBS):
         return None
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return bool(_mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(_mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def release_free_heap() -> bool | None:

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from engines.mask_kernels import BAND, TALL, paste_box
-from engines.masks import BoxMask, _grown_boxes, _visible, paste_boxes
+from engines.mask_kernels import BAND, TALL, paste_box, visible
+from engines.masks import BoxMask, _grown_boxes, paste_boxes
 from engines.rle_kernels import box_rle_counts, coco_rle_string
 from streamer.replay import synthetic_detections
 
@@ -21,7 +21,7 @@ def torch_crop(src: np.ndarray, box: tuple[int, int, int, int], height: int, wid
     x1, y1, x2, y2 = box
     resized = F.interpolate(torch.from_numpy(src)[None, None], size=(max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)),
                             mode="bilinear", align_corners=False)[0, 0].numpy()
-    x0, xe, y0, ye = _visible(*box, height, width)
+    x0, xe, y0, ye = visible(*box, height, width)
     return resized[y0 - y1:ye - y1, x0 - x1:xe - x1]
 
 
@@ -29,7 +29,7 @@ def kernel(src: np.ndarray, box: tuple[int, int, int, int] | list[int] | np.ndar
            threshold: float) -> tuple[np.ndarray, int, bool]:
     """:func:`paste_box` over the box's visible window in a ``height × width`` frame; its RLE
     counts checked against pycocotools' encoding of the mask placed in the frame."""
-    x0, xe, y0, ye = _visible(*box, height, width)
+    x0, xe, y0, ye = visible(*box, height, width)
     mask, area, unsure, counts = paste_box(src, *box, x0, xe, y0, ye, threshold, height, width)
     if not unsure:
         full = np.zeros((height, width), np.uint8, order="F")
@@ -50,7 +50,7 @@ def float64_values(src: np.ndarray, box: tuple[int, int, int, int], height: int,
         i0 = np.minimum(np.floor(real).astype(np.int64), n - 1)
         return i0, np.where(i0 < n - 1, i0 + 1, i0), np.clip(real - i0, 0.0, 1.0)
 
-    x0, xe, y0, ye = _visible(*box, height, width)
+    x0, xe, y0, ye = visible(*box, height, width)
     xi0, xi1, xl = axis(max(x2 - x1 + 1, 1), x0 - x1, xe - x1)
     yi0, yi1, yl = axis(max(y2 - y1 + 1, 1), y0 - y1, ye - y1)
     s = src.astype(np.float64)
