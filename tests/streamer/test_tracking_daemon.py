@@ -4,6 +4,7 @@ metrics, and the reload rules (removed stream: tracker dropped; changed stream: 
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -107,3 +108,24 @@ def test_reload_drops_a_removed_streams_tracker_and_restarts_a_changed_one() -> 
     assert all(g[0] == 1 for g in chg[:10]) and all(g[0] == 3 for g in chg[10:])  # new tracker, new ids
     assert chg[5:10] == [[1, 2]] * 5
     assert ids(messages, "gone")[-1] == [3]  # ids of a dropped stream name are never reused
+
+
+class SlowTrackers(StreamTrackers):
+    """Real trackers that also burn 20 ms of CPU per frame, so the track stage dominates."""
+
+    def track(self, frame: Frame, result: Any) -> Any:
+        start = time.thread_time()
+        while time.thread_time() - start < 0.02:
+            pass
+        return super().track(frame, result)
+
+
+def test_track_and_publish_cpu_are_disjoint() -> None:
+    """``streamer_stage_cpu_seconds_total`` stages add up: tracking time is counted as ``track``
+    only, not again in ``publish`` (which once timed the whole publish step, tracking included)."""
+    stats = PipelineStats()
+    counts = {"a": StreamCounts()}
+    run([[frame("a", i)] for i in range(10)], SlowTrackers(TrackingConfig(), capture_time), stats, counts)
+    cpu = stats.cpu.snapshot()
+    assert cpu["track"] >= 0.2
+    assert cpu["publish"] < 0.1 * cpu["track"], cpu
