@@ -1,20 +1,24 @@
 """``streamer bench-pipeline``: the daemon's whole path measured without (or with) the model.
 
-Makes one synthetic H.264 clip (default 1920×1080), then, in one run:
+Makes one synthetic H.264 clip (default 1920×1080), runs the daemon once over a short clip
+(start-up is not throughput), then, in one run, ``--rounds`` times the first two phases one after
+the other, and reports each round's ratio and their median (a VM's speed drifts by 10 % within
+minutes: the two phases of a round see the same machine):
 
 1. **decode ceiling** — N threads each demux + decode + convert to RGB the clip, nothing else:
    the most frames per second this machine can feed any pipeline;
-2. **pipeline** — after one warm-up run on a short clip (start-up is not throughput),
-   ``streamer run``'s daemon over N file sources of the clip (not paced), with
+2. **pipeline** — ``streamer run``'s daemon over N file sources of the clip (not paced), with
    :class:`~streamer.replay.ReplayRunner` answering ``K`` instances per frame instantly (``--real``:
    the loaded model instead), postprocessing on the pool, a JSONL sink on disk. Reports frames/s,
    CPU milliseconds per frame of each stage (``streamer_stage_cpu_seconds_total``) and the peak
-   RSS of this phase (Linux VmHWM, reset before it);
+   RSS of this phase (Linux VmHWM, reset before it), and how the CPU it spends beyond the decode
+   ceiling splits: the decode thread's handoff, each stage, and the rest (event loop, batching,
+   thread wake-ups, the sink's writer thread, the kernel);
 3. **postprocess** — one thread, one frame, ``K`` in ``--post-instances``: filter, box-local paste,
    RLE, JSON line (:func:`streamer.messages.frame_result`), against the full-frame reference path
    (paste K×H×W, threshold, pycocotools ``encode``) that the pipeline used before.
 
-    streamer bench-pipeline --streams 4 --frames 100 --instances 20
+    streamer bench-pipeline --streams 4 --frames 200 --instances 20 --rounds 3
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import contextlib
 import json
 import logging
 import resource
+import statistics
 import tempfile
 import threading
 import time
@@ -52,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--instances", type=int, default=20, help="instances per frame from the replay runner")
     p.add_argument("--batch", type=int, default=4, help="[batching] max_batch_size (default 4)")
     p.add_argument("--workers", type=int, default=2, help="[inference] postprocess_workers (default 2)")
+    p.add_argument("--rounds", type=_positive, default=3,
+                   help="decode-only / pipeline pairs run alternately; the median ratio is reported (default 3)")
     p.add_argument("--post-instances", default="20,100", help="K values of the postprocess step (default 20,100)")
     p.add_argument("--real", action="store_true", help="run the model (--model, --device) instead of the replay")
     p.add_argument("--model", default=None, help="with --real: model file (default: the demo model)")
@@ -60,6 +67,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="replay runner: paste masks on this device (e.g. cuda), as a CUDA runner does")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     p.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _minor_faults() -> int:
@@ -204,8 +218,6 @@ def run(args: argparse.Namespace) -> int:
         video = Path(tmp) / "synthetic.mp4"
         log.info("encoding a %dx%d clip of %d frames", width, height, args.frames)
         write_synthetic_video(video, args.frames, width, height)
-        log.info("decode ceiling: %d threads", args.streams)
-        report["decode_only"] = decode_ceiling(video, args.streams)
         if args.real:
             from engines.loading import load_runner
 
@@ -217,15 +229,38 @@ def run(args: argparse.Namespace) -> int:
         log.info("pipeline warm-up: the daemon once over a %d-frame clip", WARMUP_FRAMES)
         warmup = write_synthetic_video(Path(tmp) / "warmup.mp4", WARMUP_FRAMES, width, height)
         pipeline(warmup, args.streams, runner, args.batch, args.workers, Path(tmp) / "warmup.jsonl")
-        log.info("pipeline: %d streams, runner %s", args.streams, runner.info.name)
-        report["pipeline"] = pipeline(video, args.streams, runner, args.batch, args.workers, Path(tmp) / "out.jsonl")
-    report["pipeline_vs_decode"] = report["pipeline"]["fps"] / report["decode_only"]["fps"]
+        rounds = []
+        for i in range(args.rounds):
+            log.info("round %d of %d: decode ceiling, then pipeline (%d streams, runner %s)",
+                     i + 1, args.rounds, args.streams, runner.info.name)
+            decode = decode_ceiling(video, args.streams)
+            piped = pipeline(video, args.streams, runner, args.batch, args.workers, Path(tmp) / f"out-{i}.jsonl")
+            rounds.append({"decode_only": decode, "pipeline": piped, "ratio": piped["fps"] / decode["fps"]})
+    ratios = [r["ratio"] for r in rounds]
+    median_round = sorted(rounds, key=lambda r: r["ratio"])[(len(rounds) - 1) // 2]
+    report["rounds"] = [{"decode_fps": r["decode_only"]["fps"], "pipeline_fps": r["pipeline"]["fps"],
+                         "ratio": r["ratio"], "exit": r["pipeline"]["exit"]} for r in rounds]
+    report["decode_only"], report["pipeline"] = median_round["decode_only"], median_round["pipeline"]
+    report["pipeline_vs_decode"] = statistics.median(ratios)
+    report["cpu_beyond_decode"] = cpu_beyond_decode(report["decode_only"], report["pipeline"])
     report["postprocess"] = [postprocess(k, height, width) for k in ks]
     report["postprocess_full_frame_reference"] = [postprocess_full_frame(k, height, width) for k in ks]
     _print(report)
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if report["pipeline"]["exit"] == 0 else 1
+    return 0 if all(r["exit"] == 0 for r in report["rounds"]) else 1
+
+
+def cpu_beyond_decode(decode: dict[str, Any], piped: dict[str, Any]) -> dict[str, float]:
+    """Where the pipeline's process CPU per frame beyond the decode ceiling's goes (ms/frame):
+    ``decode thread`` (its handoff to the loop: the pipeline's decode stage minus the decode
+    ceiling's thread CPU), each other stage, and ``rest`` — event loop and batching outside the
+    stages, thread wake-ups, the sink's writer thread, page faults and system time."""
+    stages = piped["stage_cpu_ms_per_frame"]
+    parts = {"decode thread": stages["decode"] - decode["thread_cpu_ms_per_frame"]}
+    parts.update({stage: ms for stage, ms in stages.items() if stage != "decode"})
+    total = piped["process_cpu_ms_per_frame"] - decode["process_cpu_ms_per_frame"]
+    return {"total": total, **parts, "rest": total - sum(parts.values())}
 
 
 def _print(r: dict[str, Any]) -> None:
@@ -233,6 +268,12 @@ def _print(r: dict[str, Any]) -> None:
     w, h = r["size"]
     print(f"{r['streams']} streams of {w}x{h} H.264, runner {r['runner']}, batch {r['batch']}, "
           f"{r['postprocess_workers']} postprocess workers")
+    for i, rnd in enumerate(r["rounds"], 1):
+        print(f"round {i}: decode only {rnd['decode_fps']:6.1f}, pipeline {rnd['pipeline_fps']:6.1f} frames/s "
+              f"= {rnd['ratio']:.2f} x")
+    ratios = [rnd["ratio"] for rnd in r["rounds"]]
+    print(f"median of {len(ratios)} rounds: pipeline = {r['pipeline_vs_decode']:.2f} x decode only "
+          f"(rounds {min(ratios):.2f}-{max(ratios):.2f}); the median round:")
     print(f"decode only : {d['fps']:7.1f} frames/s  ({d['frames']} frames, process CPU "
           f"{d['process_cpu_ms_per_frame']:.1f} ms/frame, {d['minor_faults_per_frame']:.0f} page faults/frame)")
     print(f"pipeline    : {p['fps']:7.1f} frames/s  ({p['frames']} frames published, exit {p['exit']}, process CPU "
@@ -243,6 +284,10 @@ def _print(r: dict[str, Any]) -> None:
         print(f"model only  : {m['fps']:7.1f} frames/s at batch {m['batch']}; pipeline = "
               f"{p['fps'] / m['fps']:.2f} x model only")
     print("  stage thread CPU ms/frame: " + ", ".join(f"{s} {ms:.2f}" for s, ms in p["stage_cpu_ms_per_frame"].items()))
+    beyond = dict(r["cpu_beyond_decode"])
+    total = beyond.pop("total")
+    print(f"  process CPU beyond decode only: {total:+.2f} ms/frame = "
+          + " + ".join(f"{part} {ms:.2f}" for part, ms in beyond.items()))
     print(f"  peak RSS {p['peak_rss_mb']:.0f} MB")
     for new, old in zip(r["postprocess"], r["postprocess_full_frame_reference"], strict=True):
         print(f"postprocess, 1 thread, {new['instances']:3d} instances: {new['ms']:7.2f} CPU ms/frame "

@@ -15,6 +15,6 @@ model=()
 [[ -n "${2:-}" ]] && model=(--model "$2")
 nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -m streamer.cli --log-level warning bench-pipeline --real --device cuda "${model[@]}" \
-  --streams 8 --batch 8 --frames 200 --json "$out/pipeline-real-cuda.json" | tee "$out/pipeline-real-cuda.txt"
+  --streams 8 --batch 8 --frames 200 --rounds 1 --json "$out/pipeline-real-cuda.json" | tee "$out/pipeline-real-cuda.txt"
 python3 -m streamer.cli --log-level warning bench-pipeline --paste-device cuda --streams 8 --batch 8 \
   --instances 20 --frames 200 --json "$out/pipeline-replay-gpu-paste.json" | tee "$out/pipeline-replay-gpu-paste.txt"

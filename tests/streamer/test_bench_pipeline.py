@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,11 +29,21 @@ def test_synthetic_detections_are_valid_and_realistic() -> None:
 def test_bench_pipeline_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     code = main(["bench-pipeline", "--streams", "2", "--frames", "6", "--size", "320x240", "--instances", "5",
-                 "--post-instances", "5", "--json", str(out)])
+                 "--post-instances", "5", "--rounds", "3", "--json", str(out)])
     assert code == 0
     r = json.loads(out.read_text())
-    assert r["decode_only"]["frames"] == 12 and r["pipeline"]["frames"] == 12
-    assert r["pipeline"]["exit"] == 0 and r["decode_only"]["fps"] > 0 and r["pipeline_vs_decode"] > 0
+    assert r["decode_only"]["frames"] == 12 and r["pipeline"]["frames"] == 12  # each round its own output
+    assert r["pipeline"]["exit"] == 0 and r["decode_only"]["fps"] > 0
+    ratios = sorted(rnd["ratio"] for rnd in r["rounds"])
+    assert len(ratios) == 3 and r["pipeline_vs_decode"] == ratios[1] > 0
     stages = r["pipeline"]["stage_cpu_ms_per_frame"]
     assert set(stages) == {"decode", "inference", "postprocess", "track", "publish"} and stages["postprocess"] > 0
+    beyond = r["cpu_beyond_decode"]
+    parts = sum(ms for part, ms in beyond.items() if part != "total")
+    assert abs(parts - beyond["total"]) < 1e-9 and beyond["postprocess"] == stages["postprocess"]
     assert r["postprocess"][0]["instances"] == 5 and r["postprocess"][0]["ms"] > 0
+
+
+def test_bench_pipeline_refuses_zero_rounds(capsys: Any) -> None:
+    assert main(["bench-pipeline", "--rounds", "0"]) == 2
+    assert "argument --rounds: must be at least 1, got 0" in capsys.readouterr().err
