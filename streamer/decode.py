@@ -4,6 +4,15 @@ Used by :mod:`streamer.media` (files, for ``streamer process`` and file sources 
 and by :mod:`streamer.sources` (live streams). It counts what it read in a :class:`DecodeStats`
 so that callers can tell a file that ended early from one that ended, and it raises
 :class:`StallError` when packets keep arriving but no frame decodes within ``stall_timeout_s``.
+
+**RGB conversion.** One :class:`av.video.reformatter.VideoReformatter` per pass converts every
+frame. PyAV's ``VideoFrame.to_ndarray(format=...)`` makes a new reformatter for each frame, and
+with it a new swscale context whose slice threads are created and joined for that one frame: two
+``clone3`` per 1080p frame on this 2-vCPU machine (``perf stat``). One context per pass keeps its
+threads; same pixels, decode ceiling +9 % and pipeline +3 % frames/s (docs/performance.md §7).
+PyAV holds the GIL while swscale runs, so the slice threads (:data:`SCALE_THREADS`) also
+shorten how long a conversion keeps the daemon's other Python threads waiting: measured, one
+thread per conversion made the pipeline 5–10 % slower than these.
 """
 
 from __future__ import annotations
@@ -16,6 +25,12 @@ import av.container
 import av.video.stream
 import numpy as np
 import numpy.typing as npt
+from av.video.reformatter import VideoReformatter
+
+SCALE_THREADS = 0
+"""swscale slice threads of the RGB conversion: ``0``, one per CPU (FFmpeg's choice), made once per
+pass. The conversion holds the GIL (PyAV does not release it around swscale), so splitting it
+shortens the time the daemon's other Python threads wait."""
 
 
 class StallError(Exception):
@@ -45,6 +60,7 @@ def decode_video(container: av.container.InputContainer, stream: av.video.stream
     non-empty packet decodes nothing and no frame came for ``stall_timeout_s`` seconds.
     """
     st = stats if stats is not None else DecodeStats()
+    rgb = VideoReformatter()
     last_frame = time.monotonic()
     for packet in container.demux(stream):
         st.corrupt = st.corrupt or packet.is_corrupt
@@ -58,5 +74,6 @@ def decode_video(container: av.container.InputContainer, stream: av.video.stream
         for vf in frames:
             st.frames += 1
             st.last_time = vf.time
-            yield vf.time, np.ascontiguousarray(vf.to_ndarray(format="rgb24"), dtype=np.uint8)
+            image = rgb.reformat(vf, format="rgb24", threads=SCALE_THREADS).to_ndarray()
+            yield vf.time, np.ascontiguousarray(image, dtype=np.uint8)
         last_frame = time.monotonic()

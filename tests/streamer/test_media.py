@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import av
@@ -19,6 +20,7 @@ from tests.streamer.media_files import (
     VIDEO_CASES,
     WIDTH,
     MediaCase,
+    encode_video,
     source_frame,
 )
 
@@ -123,3 +125,38 @@ def test_reader_iterates_once(media_dir: Path) -> None:
         assert len(list(reader)) == 1
         with pytest.raises(RuntimeError, match="iterates once"):
             list(reader)
+
+
+@pytest.mark.parametrize("case", VIDEO_CASES + IMAGE_CASES, ids=lambda c: c.name)
+def test_rgb_is_pyav_per_frame_conversion(media_dir: Path, case: MediaCase) -> None:
+    """The reused converter (streamer.decode) gives exactly what ``VideoFrame.to_ndarray`` does."""
+    with av.open(str(media_dir / case.name)) as container:
+        expected = [vf.to_ndarray(format="rgb24") for vf in container.decode(video=0)]
+    with open_media(media_dir / case.name) as reader:
+        got = [f.image for f in reader]
+    assert len(got) == len(expected) == case.n_frames
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g, e)
+
+
+def _threads_created() -> int:
+    """Threads and processes this machine has created since boot (``processes`` of /proc/stat)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("processes "):
+            return int(line.split()[1])
+    raise AssertionError("no 'processes' line in /proc/stat")
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists() or (os.cpu_count() or 1) < 2,
+                    reason="needs Linux's /proc/stat, and 2+ CPUs for swscale to use slice threads")
+def test_rgb_conversion_makes_no_thread_per_frame(tmp_path: Path) -> None:
+    """One swscale context per pass: PyAV's per-frame conversion created and joined its slice
+    threads for every frame (2 per frame on 2 CPUs)."""
+    path = encode_video(tmp_path / "long.mp4", "libx264", n_frames=60, width=640, height=360)
+    with open_media(path) as reader:
+        frames = iter(reader)
+        next(frames)  # the decoder's and converter's threads start here
+        before = _threads_created()
+        rest = sum(1 for _ in frames)
+        created = _threads_created() - before
+    assert rest == 59 and created < 15, f"{created} threads created for 59 frames"
