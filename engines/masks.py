@@ -122,13 +122,15 @@ def paste_boxes(mask_probs: npt.NDArray[np.float32] | torch.Tensor,
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"pasting masks needs a positive frame size, got height={height}, width={width}")
-    probs = mask_probs if isinstance(mask_probs, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(mask_probs))
-    k, m = int(probs.shape[0]), int(probs.shape[-1])
+    k, m = int(mask_probs.shape[0]), int(mask_probs.shape[-1])
     if k == 0:
         return []
     grown, sound = _grown_boxes(boxes, float(m + 2 * PADDING) / m)
+    if isinstance(mask_probs, np.ndarray):
+        return _paste_on_host(mask_probs, grown, sound, height, width, threshold)
+    probs = mask_probs
     if probs.device.type == "cpu":
-        return _paste_on_host(probs.numpy().astype(np.float32, copy=False), grown, sound, height, width, threshold)
+        return _paste_on_host(probs.numpy(), grown, sound, height, width, threshold)
     crops: list[tuple[int, int, Any]] = []
     with torch.inference_mode():
         padded = F.pad(probs.float(), (PADDING,) * 4)
@@ -158,13 +160,17 @@ def _paste_on_host(probs: npt.NDArray[np.float32], grown: npt.NDArray[np.int64],
     """Host paste: the compiled kernel decides each pixel and writes each mask's COCO RLE on the
     way (:func:`engines.mask_kernels.paste_frame`, one call per frame); an instance it leaves
     uncertain (a pixel it cannot decide as PyTorch would) is resized by PyTorch."""
-    padded = np.pad(probs, ((0, 0), (PADDING, PADDING), (PADDING, PADDING)))
+    k, m = probs.shape[0], probs.shape[-1]
+    padded = np.zeros((k, m + 2 * PADDING, m + 2 * PADDING), np.float32)  # zero border: torchvision's F.pad
+    padded[:, PADDING:-PADDING, PADDING:-PADDING] = probs
     threshold32 = float(np.float32(threshold))  # PyTorch compares float32 masks with a float32 threshold
     windows, flat, offsets, column_major, areas, uncertain, text, text_offsets = paste_frame(
         padded, np.ascontiguousarray(grown, dtype=np.int64), np.ascontiguousarray(sound, dtype=np.bool_),
         height, width, threshold32)
     out = []
     size = (height, width)
+    all_counts = text.tobytes().decode("ascii")
+    text_at = text_offsets.tolist()
     for i, (x0, y0, h, w) in enumerate(windows.tolist()):
         if h == 0:  # unsound, or wholly outside the frame
             out.append(BoxMask(x0, y0, np.zeros((0, 0), dtype=bool), 0))
@@ -176,8 +182,7 @@ def _paste_on_host(probs: npt.NDArray[np.float32], grown: npt.NDArray[np.int64],
         else:
             cells = flat[offsets[i]:offsets[i + 1]].copy()  # its own memory: a kept mask must not pin the frame's buffer
             mask = cells.reshape(w, h).T if column_major[i] else cells.reshape(h, w)
-            counts = text[text_offsets[i]:text_offsets[i + 1]].tobytes().decode("ascii")
-            out.append(BoxMask(x0, y0, mask, int(areas[i]), counts, size))
+            out.append(BoxMask(x0, y0, mask, int(areas[i]), all_counts[text_at[i]:text_at[i + 1]], size))
     return out
 
 

@@ -13,7 +13,7 @@ minutes: the two phases of a round see the same machine):
    CPU milliseconds per frame of each stage (``streamer_stage_cpu_seconds_total``) and the peak
    RSS of this phase (Linux VmHWM, reset before it), and how the CPU it spends beyond the decode
    ceiling splits: the decode thread's handoff, each stage, and the rest (event loop, batching,
-   thread wake-ups, the sink's writer thread, the kernel);
+   thread wake-ups, the sink's writer thread, the model's own threads with ``--real``, the kernel);
 3. **postprocess** — one thread, one frame, ``K`` in ``--post-instances``: filter, box-local paste,
    RLE, JSON line (:func:`streamer.messages.frame_result`), against the full-frame reference path
    (paste K×H×W, threshold, pycocotools ``encode``) that the pipeline used before.
@@ -255,7 +255,8 @@ def cpu_beyond_decode(decode: dict[str, Any], piped: dict[str, Any]) -> dict[str
     """Where the pipeline's process CPU per frame beyond the decode ceiling's goes (ms/frame):
     ``decode thread`` (its handoff to the loop: the pipeline's decode stage minus the decode
     ceiling's thread CPU), each other stage, and ``rest`` — event loop and batching outside the
-    stages, thread wake-ups, the sink's writer thread, page faults and system time."""
+    stages, thread wake-ups, the sink's writer thread, a real model's own threads (PyTorch's
+    intra-op pool), page faults and system time."""
     stages = piped["stage_cpu_ms_per_frame"]
     parts = {"decode thread": stages["decode"] - decode["thread_cpu_ms_per_frame"]}
     parts.update({stage: ms for stage, ms in stages.items() if stage != "decode"})

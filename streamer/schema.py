@@ -110,16 +110,16 @@ def frame_message(
     else:
         mask_json = [None] * len(det)
     instances = []
-    for i in range(len(det)):
-        label = int(det.labels[i])
+    labels, scores, boxes = det.labels.tolist(), det.scores.tolist(), det.boxes.tolist()  # Python ints/floats, exact
+    for label, score, box, mask in zip(labels, scores, boxes, mask_json, strict=True):
         inst: dict[str, Any] = {
             "label": label,
             "class": class_name(class_names, label),
-            "score": round(float(det.scores[i]), 5),
-            "box": [round(float(v), 2) for v in det.boxes[i]],
+            "score": round(score, 5),
+            "box": [round(v, 2) for v in box],
         }
-        if mask_json[i] is not None:
-            inst["mask"] = mask_json[i]
+        if mask is not None:
+            inst["mask"] = mask
         instances.append(inst)
     msg: dict[str, Any] = {
         "schema": SCHEMA_ID,

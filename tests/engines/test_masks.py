@@ -110,3 +110,23 @@ def test_gpu_paste_equals_host_paste() -> None:
         host = paste_boxes(probs, box, h, w, 0.5)[0]
         dev = paste_boxes(torch.from_numpy(probs).cuda(), torch.from_numpy(box).cuda(), h, w, 0.5)[0]
         assert (dev.x0, dev.y0) == (host.x0, host.y0) and np.array_equal(dev.mask, host.mask)
+
+
+
+def test_probability_inputs_of_any_layout_paste_alike() -> None:
+    """float32 numpy (the runners'), float64, a strided view and CPU tensors give the same masks
+    and COCO counts: the host path pads and converts whatever it is given."""
+    rng = np.random.default_rng(7)
+    probs = rng.random((6, 28, 56)).astype(np.float32)[:, :, ::2]  # a strided view, [6, 28, 28]
+    boxes = np.array([[5, 5, 60, 90], [-10, 30, 20, 50], [0, 0, 1, 1], [70, 10, 140, 120],
+                      [100, 100, 300, 300], [30.5, 40.25, 31.5, 41.75]], np.float32)
+    dense = np.ascontiguousarray(probs)
+
+    def summary(masks: list[BoxMask]) -> list[tuple[int, int, int, str | None, bytes]]:
+        return [(m.x0, m.y0, m.area, m.coco_counts, np.ascontiguousarray(m.mask).tobytes()) for m in masks]
+
+    ref = summary(paste_boxes(dense, boxes, 110, 130))
+    assert sum(m[2] for m in ref) > 0
+    for p, b in ((probs, boxes), (probs.astype(np.float64), boxes), (torch.from_numpy(dense), boxes),
+                 (dense, torch.from_numpy(boxes)), (torch.from_numpy(dense), torch.from_numpy(boxes))):
+        assert summary(paste_boxes(p, b, 110, 130)) == ref
