@@ -128,12 +128,11 @@ def paste_boxes(mask_probs: npt.NDArray[np.float32] | torch.Tensor,
     grown, sound = _grown_boxes(boxes, float(m + 2 * PADDING) / m)
     if isinstance(mask_probs, np.ndarray):
         return _paste_on_host(mask_probs, grown, sound, height, width, threshold)
-    probs = mask_probs
-    if probs.device.type == "cpu":
-        return _paste_on_host(probs.numpy(), grown, sound, height, width, threshold)
+    if mask_probs.device.type == "cpu":
+        return _paste_on_host(mask_probs.numpy(), grown, sound, height, width, threshold)
     crops: list[tuple[int, int, Any]] = []
     with torch.inference_mode():
-        padded = F.pad(probs.float(), (PADDING,) * 4)
+        padded = F.pad(mask_probs.float(), (PADDING,) * 4)
         for i, (x1, y1, x2, y2) in enumerate(grown.tolist()):
             x0, xe, y0, ye = visible(x1, y1, x2, y2, height, width)
             if not sound[i] or x0 >= xe or y0 >= ye:  # unsound, or wholly outside the frame: nothing to paste

@@ -32,12 +32,14 @@ import resource
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 log = logging.getLogger("streamer.bench_pipeline")
+_T = TypeVar("_T")
 
 REPLAY_SEED = 0
 """Seed of the synthetic detections of every phase: the postprocess step measures the frames the
@@ -80,6 +82,20 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def _measure(work: Callable[[], _T]) -> tuple[_T, tuple[float, float, int]]:
+    """``work()``'s result and what it took: wall seconds, process CPU seconds, minor page faults."""
+    wall, cpu, faults = time.perf_counter(), time.process_time(), _minor_faults()
+    result = work()
+    return result, (time.perf_counter() - wall, time.process_time() - cpu, _minor_faults() - faults)
+
+
+def _per_frame(frames: int, used: tuple[float, float, int]) -> dict[str, float]:
+    """Frames/s, process CPU ms and page faults per frame of a phase that made ``frames``."""
+    wall, cpu, faults = used
+    return {"frames": frames, "wall_s": wall, "fps": frames / wall,
+            "process_cpu_ms_per_frame": 1000 * cpu / max(frames, 1), "minor_faults_per_frame": faults / max(frames, 1)}
+
+
 def _reset_peak_rss() -> None:
     """Start a new peak-RSS window (Linux: ``5`` into ``/proc/self/clear_refs`` resets VmHWM)."""
     with contextlib.suppress(OSError):  # elsewhere the peak covers the whole process
@@ -111,17 +127,16 @@ def decode_ceiling(video: Path, streams: int) -> dict[str, float]:
                 counts[i] += 1
         cpu[i] = time.thread_time() - start
 
-    threads = [threading.Thread(target=decode, args=(i,), name=f"decode-only-{i}") for i in range(streams)]
-    t0, p0, f0 = time.perf_counter(), time.process_time(), _minor_faults()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall, process_cpu, faults = time.perf_counter() - t0, time.process_time() - p0, _minor_faults() - f0
+    def decode_all() -> None:
+        threads = [threading.Thread(target=decode, args=(i,), name=f"decode-only-{i}") for i in range(streams)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    _, used = _measure(decode_all)
     frames = sum(counts)
-    return {"frames": frames, "wall_s": wall, "fps": frames / wall, "minor_faults_per_frame": faults / max(frames, 1),
-            "thread_cpu_ms_per_frame": 1000 * sum(cpu) / frames,
-            "process_cpu_ms_per_frame": 1000 * process_cpu / frames}
+    return {**_per_frame(frames, used), "thread_cpu_ms_per_frame": 1000 * sum(cpu) / max(frames, 1)}
 
 
 def pipeline(video: Path, streams: int, runner: Any, batch: int, workers: int, out: Path) -> dict[str, Any]:
@@ -143,16 +158,12 @@ def pipeline(video: Path, streams: int, runner: Any, batch: int, workers: int, o
     registry = CollectorRegistry()
     daemon = Daemon(cfg, registry=registry, runner=runner)
     _reset_peak_rss()
-    t0, p0, f0 = time.perf_counter(), time.process_time(), _minor_faults()
-    code = asyncio.run(daemon.run())
-    wall, process_cpu, faults = time.perf_counter() - t0, time.process_time() - p0, _minor_faults() - f0
+    code, used = _measure(lambda: asyncio.run(daemon.run()))
     published = sum(1 for _ in out.open())
     stage_ms = {stage: 1000 * (registry.get_sample_value("streamer_stage_cpu_seconds_total", {"stage": stage}) or 0.0)
                 / max(published, 1) for stage in PIPELINE_STAGES}
-    return {"exit": code, "frames": published, "wall_s": wall, "fps": published / wall,
-            "process_cpu_ms_per_frame": 1000 * process_cpu / max(published, 1),
-            "minor_faults_per_frame": faults / max(published, 1),
-            "stage_cpu_ms_per_frame": stage_ms, "peak_rss_mb": _peak_rss_mb()}
+    return {"exit": code, **_per_frame(published, used), "stage_cpu_ms_per_frame": stage_ms,
+            "peak_rss_mb": _peak_rss_mb()}
 
 
 def model_only(video: Path, runner: Any, batch: int, repeats: int = 5) -> dict[str, float]:
