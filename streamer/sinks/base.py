@@ -12,7 +12,9 @@ consumer. Each sink therefore owns
   rest is counted as dropped and the transport is closed.
 
 Subclasses implement the transport in three hooks that run on the worker thread only:
-:meth:`BufferedSink._open`, :meth:`BufferedSink._send`, :meth:`BufferedSink._close_transport`.
+:meth:`BufferedSink._open`, :meth:`BufferedSink._send`, :meth:`BufferedSink._close_transport`
+(and, where the transport holds bytes back, :meth:`BufferedSink._idle`, called whenever the buffer
+runs dry: a burst is written in large pieces, and every message is out before the worker waits).
 What a sink did is counted in its :attr:`Sink.stats` (:class:`streamer.stats.SinkCounts`), which
 the metrics collector reads at scrape time.
 """
@@ -162,6 +164,11 @@ class BufferedSink(Sink):
     def _close_transport(self) -> None:
         """Release the transport (idempotent; may run after a failed or no ``_open``)."""
 
+    def _idle(self) -> None:
+        """The buffer ran dry: hand the transport's own buffered bytes on (a file's write buffer),
+        so that what was accepted is delivered now rather than with the next burst. Raise
+        :class:`Disconnected` if the transport broke. Default: nothing held back."""
+
     def _flushed(self) -> bool:
         """Whether the transport has delivered everything it accepted (checked by ``close``)."""
         return True
@@ -188,21 +195,20 @@ class BufferedSink(Sink):
                     attempt += 1
                     self._sleep(delay)
                     continue
+            try:
+                if not self._buffer:  # about to wait: a burst's bytes go out before the next one
+                    self._idle()
+            except Disconnected as err:
+                opened, attempt = self._lost(err, attempt), attempt + 1
+                continue
             msg = self._take()
             if msg is None:  # stopping and the buffer is empty
                 break
             try:
                 result = self._send(msg)
             except Disconnected as err:
-                self.stats.count_error()
-                delay = backoff_delay(attempt, BACKOFF_INITIAL_S, BACKOFF_MAX_S)
-                log.warning("sink %s: connection lost (%s); reconnecting in %.1f s", self.name, err, delay)
                 self._requeue(msg)
-                self._set_connected(False)
-                self._close_transport()
-                opened = False
-                attempt += 1
-                self._sleep(delay)
+                opened, attempt = self._lost(err, attempt), attempt + 1
                 continue
             except Exception:
                 self.stats.count_error()
@@ -224,6 +230,17 @@ class BufferedSink(Sink):
         self._drop_buffered()
         self._close_transport()
         self._set_connected(False)
+
+    def _lost(self, err: Disconnected, attempt: int) -> bool:
+        """The transport broke (``attempt``: consecutive failures before): count it, release the
+        transport, wait the backoff delay. Returns False (not open) for the worker's loop."""
+        self.stats.count_error()
+        delay = backoff_delay(attempt, BACKOFF_INITIAL_S, BACKOFF_MAX_S)
+        log.warning("sink %s: connection lost (%s); reconnecting in %.1f s", self.name, err, delay)
+        self._set_connected(False)
+        self._close_transport()
+        self._sleep(delay)
+        return False
 
     def _take(self) -> dict[str, Any] | None:
         """The oldest buffered message; waits for one. None once stopping with an empty buffer."""

@@ -22,7 +22,7 @@ from streamer.sinks import (
     create_sink,
     parse_sink_spec,
 )
-from streamer.sinks.jsonl import JsonlSink, rotate
+from streamer.sinks.jsonl import WRITE_BUFFER, JsonlSink, rotate
 from streamer.sinks.registry import sink_types
 from tests.streamer.sink_helpers import sample, sample_message, wait_until, watched
 
@@ -193,6 +193,42 @@ def test_jsonl_rotates_by_size_keeping_backups(tmp_path: Path) -> None:
     assert frames == {"frames.jsonl": [28, 29], "frames.jsonl.1": [25, 26, 27], "frames.jsonl.2": [22, 23, 24]}
     last = json.loads((tmp_path / "frames.jsonl").read_text().splitlines()[-1])
     assert decode_rle(last["instances"][0]["mask"]).shape == (48, 64)
+
+
+def _write_syscalls() -> int:
+    """``write``-family system calls this process made so far (Linux ``/proc/self/io``)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("syscw:"):
+            return int(line.split()[1])
+    raise AssertionError("no syscw in /proc/self/io")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts write system calls through Linux /proc/self/io")
+def test_jsonl_writes_a_burst_in_few_system_calls_and_flushes_when_idle(tmp_path: Path) -> None:
+    """200 lines waiting when the worker starts go out in a few ``write`` calls (one per line
+    before), and all of them are in the file once the buffer ran dry, before ``close``: the
+    flush when idle is what makes them visible (without it they sit in the write buffer)."""
+    path = tmp_path / "frames.jsonl"
+
+    async def scenario() -> tuple[int, list[int]]:
+        registry = CollectorRegistry()
+        sink = watched(create_sink(JsonlSinkConfig(type="jsonl", path=str(path), buffer=256)), registry)
+        for i in range(200):  # buffered before the worker exists: one burst
+            sink.publish(sample_message(index=i))
+        before = _write_syscalls()
+        await sink.start()
+        assert await asyncio.to_thread(
+            wait_until, lambda: sample(registry, "streamer_sink_messages_sent_total", sink=sink.name) == 200)
+        assert await asyncio.to_thread(wait_until, lambda: path.stat().st_size > 0 and path.read_bytes().count(b"\n") == 200)
+        writes = _write_syscalls() - before
+        frames = [json.loads(line)["frame"] for line in path.read_text().splitlines()]
+        await sink.close(timeout=2.0)
+        return writes, frames
+
+    writes, frames = asyncio.run(scenario())
+    assert frames == list(range(200))
+    line_bytes = len(json.dumps(sample_message(index=100), separators=(",", ":"))) + 1
+    assert writes <= 200 * line_bytes // WRITE_BUFFER + 20, f"{writes} write calls for 200 lines of {line_bytes} B"
 
 
 def test_rotate_without_backups_starts_over(tmp_path: Path) -> None:
