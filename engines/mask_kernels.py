@@ -54,6 +54,9 @@ BAND = 8.0e-6
 TALL = 3
 """A box at least this many source rows high (``TALL * (M + 2)`` pixels) is pasted down its
 columns, where whole segments are decided at once; a lower one along its rows."""
+BLOCK_MARGIN = 1.0e-9
+"""How far beyond the band a block's four corners must lie to decide the block whole: the float64
+rounding of a convex combination of them (≲ 1e-16) cannot bring one of its values back."""
 ARITHMETIC_BOUND = 1.0e-6
 """What PyTorch's float32 products, sums and ``1 - λ`` weights can move a value in [0, 1]: eight
 roundings of at most 6e-8 each (4.8e-7), doubled."""
@@ -198,11 +201,15 @@ def _paste_columns(mask_t: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], 
     to bottom: COCO's order, so the runs come out as the pixels are decided. Returns ``(area,
     uncertain, runs)``.
 
-    Along a column the bilinear value between two source rows ``a`` and ``a + 1`` is a convex
-    combination of those rows' values (each already interpolated along x): when both lie above
-    the band, every pixel between them is foreground, when both lie below it, background, and
-    only the segments that straddle the band are computed pixel by pixel (a box of height ``h``
-    has ``M + 2`` segments per column, of about ``h / (M + 2)`` pixels each).
+    Between two source rows ``a``, ``a + 1`` and two source columns ``b``, ``b + 1`` every
+    bilinear value is a convex combination of the four source values at those corners: a
+    *block* whose four corners all lie above the band (by :data:`BLOCK_MARGIN`, for the float64
+    rounding of the combination) is foreground whole, one whose corners all lie below it
+    background. The columns between the same two source columns share their blocks, so their
+    blocks are classified once, and consecutive decided blocks of the same side are merged into
+    one run of rows: a column is then a handful of runs. Only the blocks that straddle the band
+    are computed per column (the values at their two source rows, as a *segment*: decided whole
+    when both ends lie on one side of the band, else pixel by pixel).
     """
     wc, hc = mask_t.shape
     total = height * width
@@ -221,45 +228,80 @@ def _paste_columns(mask_t: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], 
             nseg += 1
     seg[nseg] = hc
     hi, lo = _band_edges(threshold, n)
-    col = np.empty(n, np.float64)  # the source rows interpolated along x at this column
+    # the runs of one group of columns: rows item_start..item_stop-1, kind 0/1 (background/
+    # foreground whole) or 2 (the block of segment item_seg, computed per column)
+    item_start = np.empty(nseg, np.int64)
+    item_stop = np.empty(nseg, np.int64)
+    item_kind = np.empty(nseg, np.int64)
+    item_seg = np.empty(nseg, np.int64)
     area = 0
     runs, last, prev = 0, 0, False
-    for c in range(wc):
-        a0, a1, lx = xi0[c], xi1[c], xl[c]
-        for j in range(n):
-            col[j] = src[j, a0] * (1.0 - lx) + src[j, a1] * lx
-        out = mask_t[c]
-        base = (x0 + c) * height + y0  # frame index (column-major) of the column's first pixel
+    c = 0
+    while c < wc:
+        a0, a1 = xi0[c], xi1[c]
+        group_end = c + 1
+        while group_end < wc and xi0[group_end] == a0:
+            group_end += 1
+        items = 0
         for s in range(nseg):
-            s0, s1 = seg[s], seg[s + 1]
-            ia, ib = yi0[s0], yi1[s0]
-            ra, rb = col[ia], col[ib]
-            if min(ra, rb) > hi or max(ra, rb) < lo:  # the whole segment on one side of the band
-                fg = ra > hi
-                if fg:
-                    out[s0:s1] = True
-                    area += s1 - s0
-                if fg != prev:
-                    counts[runs] = base + s0 - last
-                    runs, last, prev = runs + 1, base + s0, fg
+            ia, ib = yi0[seg[s]], yi1[seg[s]]
+            v00, v01, v10, v11 = float(src[ia, a0]), float(src[ia, a1]), float(src[ib, a0]), float(src[ib, a1])
+            if min(min(v00, v01), min(v10, v11)) > hi + BLOCK_MARGIN:
+                kind = 1
+            elif max(max(v00, v01), max(v10, v11)) < lo - BLOCK_MARGIN:
+                kind = 0
+            else:
+                kind = 2
+            if kind < 2 and items > 0 and item_kind[items - 1] == kind:
+                item_stop[items - 1] = seg[s + 1]
                 continue
-            for rr in range(s0, s1):
-                lb = yl[rr]
-                v = ra * (1.0 - lb) + rb * lb
-                fg = v > hi
-                if not fg and v >= lo:  # inside the band: bound PyTorch's deviation at this pixel alone
-                    dx = max(abs(src[ia, a1] - src[ia, a0]), abs(src[ib, a1] - src[ib, a0]))
-                    decided = _band_pixel(v, threshold, n, nx, x0 - x1 + c, dx, ny, y0 - y1 + rr, abs(rb - ra))
-                    if decided < 0:
-                        return area, True, 0
-                    fg = decided == 1
-                if fg:
-                    out[rr] = True
-                    area += 1
-                if fg != prev:
-                    counts[runs] = base + rr - last
-                    runs, last, prev = runs + 1, base + rr, fg
-        runs, last, prev = end_column(counts, runs, last, prev, base + hc, hc == height and c + 1 < wc, total)
+            item_start[items], item_stop[items], item_kind[items], item_seg[items] = seg[s], seg[s + 1], kind, s
+            items += 1
+        for cc in range(c, group_end):
+            lx = xl[cc]
+            out = mask_t[cc]
+            base = (x0 + cc) * height + y0  # frame index (column-major) of the column's first pixel
+            for it in range(items):
+                s0, s1, kind = item_start[it], item_stop[it], item_kind[it]
+                if kind < 2:  # a run of blocks decided whole
+                    fg = kind == 1
+                    if fg:
+                        out[s0:s1] = True
+                        area += s1 - s0
+                    if fg != prev:
+                        counts[runs] = base + s0 - last
+                        runs, last, prev = runs + 1, base + s0, fg
+                    continue
+                ia, ib = yi0[s0], yi1[s0]
+                ra = src[ia, a0] * (1.0 - lx) + src[ia, a1] * lx
+                rb = src[ib, a0] * (1.0 - lx) + src[ib, a1] * lx
+                if min(ra, rb) > hi or max(ra, rb) < lo:  # the whole segment on one side of the band
+                    fg = ra > hi
+                    if fg:
+                        out[s0:s1] = True
+                        area += s1 - s0
+                    if fg != prev:
+                        counts[runs] = base + s0 - last
+                        runs, last, prev = runs + 1, base + s0, fg
+                    continue
+                for rr in range(s0, s1):
+                    lb = yl[rr]
+                    v = ra * (1.0 - lb) + rb * lb
+                    fg = v > hi
+                    if not fg and v >= lo:  # inside the band: bound PyTorch's deviation at this pixel alone
+                        dx = max(abs(src[ia, a1] - src[ia, a0]), abs(src[ib, a1] - src[ib, a0]))
+                        decided = _band_pixel(v, threshold, n, nx, x0 - x1 + cc, dx, ny, y0 - y1 + rr, abs(rb - ra))
+                        if decided < 0:
+                            return area, True, 0
+                        fg = decided == 1
+                    if fg:
+                        out[rr] = True
+                        area += 1
+                    if fg != prev:
+                        counts[runs] = base + rr - last
+                        runs, last, prev = runs + 1, base + rr, fg
+            runs, last, prev = end_column(counts, runs, last, prev, base + hc, hc == height and cc + 1 < wc, total)
+        c = group_end
     counts[runs] = total - last
     return area, False, runs + 1
 
