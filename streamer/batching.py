@@ -2,8 +2,10 @@
 
 Each stream has a :class:`StreamQueue` of at most ``queue_size`` frames, living on the event
 loop. Live streams never wait: a full queue drops its OLDEST frame (reason ``queue_full``).
-File streams never drop: the decode thread waits until the queue has room. Decode threads
-hand frames over with :class:`LoopHandoff`, the one thread→loop crossing.
+File streams never drop: the decode thread waits until the queue has room (a permit of the
+queue's :attr:`StreamQueue.room`, taken before a frame is handed over and given back when a frame
+leaves the queue). Decode threads hand frames over with :class:`LoopHandoff`, the one
+thread→loop crossing.
 
 :class:`Batcher` takes frames round-robin — one frame per stream per round, starting after the
 stream served last — so that no stream gets more than its share while others wait. A batch
@@ -16,7 +18,6 @@ when it would be batched is dropped (reason ``stale``).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import threading
 import time
@@ -32,18 +33,21 @@ DropCallback = Callable[[Frame, DropReason], None]
 
 
 class StreamQueue:
-    """Bounded FIFO of one stream's frames. Event-loop only (the decode thread uses LoopHandoff)."""
+    """Bounded FIFO of one stream's frames. Event-loop only, except :attr:`room`, which the
+    decode thread takes from (through :class:`LoopHandoff`)."""
 
     def __init__(self, name: str, maxsize: int, drops: bool, on_drop: DropCallback) -> None:
         self.name = name
         self.maxsize = maxsize
         self.drops = drops
-        """True: ``offer`` drops the oldest frame when full (live); False: ``put`` waits (file)."""
+        """True: ``offer`` drops the oldest frame when full (live); False: the decode thread waits for room (file)."""
         self.closed = False
+        self.room: threading.Semaphore | None = None if drops else threading.Semaphore(maxsize)
+        """File queues: one permit per free place. The decode thread takes one before it hands a
+        frame over, so the queue never holds more than ``maxsize``; every frame leaving the queue
+        gives its permit back, and closing gives out enough for any waiting decoder to go on."""
         self._frames: deque[Frame] = deque()
         self._on_drop = on_drop
-        self._not_full = asyncio.Event()
-        self._not_full.set()
         self._listeners: list[Callable[[], None]] = []
 
     def __len__(self) -> int:
@@ -59,23 +63,13 @@ class StreamQueue:
         self._listeners.append(callback)
 
     def offer(self, frame: Frame) -> None:
-        """Append without waiting; a full queue drops its oldest frame (``queue_full``)."""
+        """Append without waiting. A full live queue drops its oldest frame (``queue_full``); a file
+        queue is never full here (its decoder took a permit of :attr:`room` for this frame)."""
         if self.closed:
             self._on_drop(frame, "shutdown")
             return
-        if len(self._frames) >= self.maxsize:
+        if self.room is None and len(self._frames) >= self.maxsize:
             self._on_drop(self._frames.popleft(), "queue_full")
-        self._frames.append(frame)
-        self._notify()
-
-    async def put(self, frame: Frame) -> None:
-        """Append, waiting while the queue is full (file sources)."""
-        while len(self._frames) >= self.maxsize and not self.closed:
-            self._not_full.clear()
-            await self._not_full.wait()
-        if self.closed:
-            self._on_drop(frame, "shutdown")
-            return
         self._frames.append(frame)
         self._notify()
 
@@ -84,13 +78,15 @@ class StreamQueue:
 
     def pop(self) -> Frame:
         frame = self._frames.popleft()
-        self._not_full.set()
+        if self.room is not None:
+            self.room.release()
         return frame
 
     def close(self) -> None:
         """End of stream: later frames are dropped (``shutdown``); queued ones can still be taken."""
         self.closed = True
-        self._not_full.set()
+        if self.room is not None:
+            self.room.release(self.maxsize + 1)  # a waiting decoder goes on; its frame is dropped
         self._notify()
 
     def _notify(self) -> None:
@@ -98,12 +94,18 @@ class StreamQueue:
             callback()
 
 
+ROOM_POLL_S = 0.1
+"""How often a decode thread waiting for room in a file queue checks its stop flag."""
+
+
 class LoopHandoff:
     """Hands frames from a decode thread to the stream's queue on the event loop.
 
-    Live streams never wait (the queue drops its oldest frame when full); file streams wait
-    for room (``run_coroutine_threadsafe(queue.put(...))``), polling ``stop`` so that a
-    stopped worker never hangs on a full queue.
+    Live streams never wait (the queue drops its oldest frame when full); file streams wait for
+    a permit of the queue's :attr:`~StreamQueue.room`, polling ``stop`` every
+    :data:`ROOM_POLL_S` so that a stopped worker never hangs on a full queue. Either way the
+    frame then crosses with one ``call_soon_threadsafe``, and the decode thread goes on decoding
+    while the loop appends it (no coroutine, task or future per frame).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, queue: StreamQueue, stop: threading.Event) -> None:
@@ -111,23 +113,16 @@ class LoopHandoff:
 
     def deliver(self, frame: Frame) -> bool:
         """Queue ``frame``; False if the worker was stopped (or the loop closed) meanwhile."""
+        room = self.queue.room
+        if room is not None:
+            while not room.acquire(timeout=ROOM_POLL_S):
+                if self.stop.is_set():
+                    return False
         try:
-            if self.queue.drops:
-                self.loop.call_soon_threadsafe(self.queue.offer, frame)
-                return not self.stop.is_set()
-            fut = asyncio.run_coroutine_threadsafe(self.queue.put(frame), self.loop)
+            self.loop.call_soon_threadsafe(self.queue.offer, frame)
         except RuntimeError:  # loop closed: the daemon is gone
             return False
-        while True:
-            try:
-                fut.result(timeout=0.1)
-                return True
-            except concurrent.futures.TimeoutError:
-                if self.stop.is_set():
-                    fut.cancel()
-                    return False
-            except concurrent.futures.CancelledError:
-                return False
+        return not self.stop.is_set()
 
     def end(self) -> None:
         """End-of-stream sentinel: the queue closes once its frames are taken."""

@@ -4,6 +4,7 @@ from batches to published messages (streamer.inference)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
 from dataclasses import replace
@@ -14,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from streamer.batching import Batcher, StreamQueue, take_fair
+from streamer.batching import Batcher, LoopHandoff, StreamQueue, take_fair
 from streamer.config import BatchingConfig
 from streamer.encodings import MaskEncoding
 from streamer.frames import Frame
@@ -55,39 +56,69 @@ def test_live_queue_drops_oldest_when_full() -> None:
     assert drops.items == [("cam", 0, "queue_full"), ("cam", 1, "queue_full")]
 
 
-def test_file_queue_put_waits_for_room_and_never_drops() -> None:
-    async def scenario() -> list[int]:
+def _deliver_from_a_thread(handoff: LoopHandoff, frames: list[Frame]) -> tuple[threading.Thread, list[bool]]:
+    """A decode thread's part: ``handoff.deliver`` each frame in turn; what each call returned."""
+    returned: list[bool] = []
+    thread = threading.Thread(target=lambda: returned.extend(handoff.deliver(f) for f in frames), name="decode-test", daemon=True)
+    thread.start()
+    return thread, returned
+
+
+def test_file_queue_handoff_waits_for_room_and_never_drops() -> None:
+    """A decode thread handing 3 frames to a file queue of 2 waits after the second until the
+    loop takes one; nothing is dropped and the order holds."""
+
+    async def scenario() -> tuple[list[int], Drops]:
         drops = Drops()
         q = StreamQueue("file", 2, drops=False, on_drop=drops)
-        await q.put(frame("file", 0))
-        await q.put(frame("file", 1))
-        third = asyncio.ensure_future(q.put(frame("file", 2)))
-        await asyncio.sleep(0.05)
-        assert not third.done(), "put must wait while the queue is full"
+        handoff = LoopHandoff(asyncio.get_running_loop(), q, threading.Event())
+        thread, returned = _deliver_from_a_thread(handoff, [frame("file", i) for i in range(3)])
+        await asyncio.sleep(0.2)
+        assert len(q) == 2 and thread.is_alive(), "the third frame must wait while the queue is full"
         taken = [q.pop().index]
-        await asyncio.wait_for(third, 1.0)
+        await asyncio.to_thread(thread.join, 2.0)
+        await asyncio.sleep(0)  # the third frame's call_soon_threadsafe runs
         taken += [q.pop().index, q.pop().index]
-        assert drops.items == []
-        return taken
+        assert returned == [True, True, True]
+        return taken, drops
 
-    assert asyncio.run(scenario()) == [0, 1, 2]
+    taken, drops = asyncio.run(scenario())
+    assert taken == [0, 1, 2] and drops.items == []
 
 
-def test_closed_queue_releases_a_waiting_put_and_counts_it_as_shutdown() -> None:
+def test_closed_queue_releases_a_waiting_decoder_and_counts_its_frame_as_shutdown() -> None:
     async def scenario() -> Drops:
         drops = Drops()
         q = StreamQueue("file", 1, drops=False, on_drop=drops)
-        await q.put(frame("file", 0))
-        blocked = asyncio.ensure_future(q.put(frame("file", 1)))
-        await asyncio.sleep(0.02)
+        handoff = LoopHandoff(asyncio.get_running_loop(), q, threading.Event())
+        thread, _ = _deliver_from_a_thread(handoff, [frame("file", 0), frame("file", 1)])
+        await asyncio.sleep(0.2)
+        assert thread.is_alive()
         q.close()
-        await asyncio.wait_for(blocked, 1.0)
+        await asyncio.to_thread(thread.join, 2.0)
+        assert not thread.is_alive(), "closing the queue must let the waiting decoder go on"
+        await asyncio.sleep(0)
         assert len(q) == 1 and not q.finished
         q.pop()
         assert q.finished
         return drops
 
     assert asyncio.run(scenario()).items == [("file", 1, "shutdown")]
+
+
+def test_a_stopped_decoder_stops_waiting_for_room() -> None:
+    async def scenario() -> list[bool]:
+        q = StreamQueue("file", 1, drops=False, on_drop=Drops())
+        stop = threading.Event()
+        handoff = LoopHandoff(asyncio.get_running_loop(), q, stop)
+        thread, returned = _deliver_from_a_thread(handoff, [frame("file", 0), frame("file", 1)])
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.to_thread(thread.join, 2.0)
+        assert not thread.is_alive(), "a stopped decoder must not hang on a full queue"
+        return returned
+
+    assert asyncio.run(scenario()) == [True, False]
 
 
 def test_take_fair_serves_one_frame_per_stream_per_round() -> None:
@@ -235,7 +266,7 @@ def test_pipeline_publishes_each_stream_in_frame_order(tiny_model_path: Path) ->
         queues = [batcher.new_queue(name, drops=False) for name in ("a", "b", "c")]
         for i in range(6):
             for q in queues[: 1 + i % 3]:
-                await q.put(replace(frame(q.name, i), image=image))
+                q.offer(replace(frame(q.name, i), image=image))  # 6 at most: within queue_size
         batcher.close()
         await asyncio.wait_for(pipeline, 120)
         return sinks
@@ -284,7 +315,7 @@ def test_failed_inference_counts_its_frames_as_dropped() -> None:
         for name in ("a", "gone"):
             queue = batcher.new_queue(name, drops=False)
             for i in range(3):
-                await queue.put(frame(name, i))
+                queue.offer(frame(name, i))
         batcher.close()
         await asyncio.wait_for(pipeline, 30)
         return sink
