@@ -10,9 +10,12 @@ frame. PyAV's ``VideoFrame.to_ndarray(format=...)`` makes a new reformatter for 
 with it a new swscale context whose slice threads are created and joined for that one frame: two
 ``clone3`` per 1080p frame on this 2-vCPU machine (``perf stat``). One context per pass keeps its
 threads; same pixels, decode ceiling +9 % and pipeline +3 % frames/s (docs/performance.md §7).
-PyAV holds the GIL while swscale runs, so the slice threads (:data:`SCALE_THREADS`) also
-shorten how long a conversion keeps the daemon's other Python threads waiting: measured, one
-thread per conversion made the pipeline 5–10 % slower than these.
+The slice threads (:data:`SCALE_THREADS`) stay: measured again at stop 22, one thread per
+conversion made the pipeline 8–11 % slower and spend 0.4–0.5 ms more process CPU per frame
+(``streamer bench-pipeline``'s pipeline phase, 4 streams of 1080p, two runs each). PyAV 18
+releases the GIL around ``sws_scale_frame`` but must take it back afterwards: with other Python
+threads busy, a conversion that took 0.5–0.7 ms returns after 6–7 ms (a spinning thread beside it,
+either thread count), so conversions are kept short.
 """
 
 from __future__ import annotations
@@ -29,8 +32,7 @@ from av.video.reformatter import VideoReformatter
 
 SCALE_THREADS = 0
 """swscale slice threads of the RGB conversion: ``0``, one per CPU (FFmpeg's choice), made once per
-pass. The conversion holds the GIL (PyAV does not release it around swscale), so splitting it
-shortens the time the daemon's other Python threads wait."""
+pass (measured faster than ``1`` in the daemon's pipeline: see the module docstring)."""
 
 
 class StallError(Exception):
