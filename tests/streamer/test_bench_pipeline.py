@@ -38,10 +38,20 @@ def test_bench_pipeline_reports_every_figure(tmp_path: Path) -> None:
     assert len(ratios) == 3 and r["pipeline_vs_decode"] == ratios[1] > 0
     stages = r["pipeline"]["stage_cpu_ms_per_frame"]
     assert set(stages) == {"decode", "inference", "postprocess", "track", "publish"} and stages["postprocess"] > 0
+    assert r["tracking"] is True and stages["track"] > 0
     beyond = r["cpu_beyond_decode"]
     parts = sum(ms for part, ms in beyond.items() if part != "total")
     assert abs(parts - beyond["total"]) < 1e-9 and beyond["postprocess"] == stages["postprocess"]
     assert r["postprocess"][0]["instances"] == 5 and r["postprocess"][0]["ms"] > 0
+
+
+def test_bench_pipeline_without_tracking_spends_nothing_on_it(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench-pipeline", "--streams", "1", "--frames", "4", "--size", "320x240", "--instances", "5",
+                 "--post-instances", "", "--rounds", "1", "--no-tracking", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["tracking"] is False and r["pipeline"]["frames"] == 4
+    assert r["pipeline"]["stage_cpu_ms_per_frame"]["track"] == 0
 
 
 def test_bench_pipeline_refuses_zero_rounds(capsys: Any) -> None:
