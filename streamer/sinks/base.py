@@ -199,7 +199,8 @@ class BufferedSink(Sink):
                 if not self._buffer:  # about to wait: a burst's bytes go out before the next one
                     self._idle()
             except Disconnected as err:
-                opened, attempt = self._lost(err, attempt), attempt + 1
+                self._lost(err, attempt)
+                opened, attempt = False, attempt + 1
                 continue
             msg = self._take()
             if msg is None:  # stopping and the buffer is empty
@@ -208,7 +209,8 @@ class BufferedSink(Sink):
                 result = self._send(msg)
             except Disconnected as err:
                 self._requeue(msg)
-                opened, attempt = self._lost(err, attempt), attempt + 1
+                self._lost(err, attempt)
+                opened, attempt = False, attempt + 1
                 continue
             except Exception:
                 self.stats.count_error()
@@ -231,16 +233,15 @@ class BufferedSink(Sink):
         self._close_transport()
         self._set_connected(False)
 
-    def _lost(self, err: Disconnected, attempt: int) -> bool:
+    def _lost(self, err: Disconnected, attempt: int) -> None:
         """The transport broke (``attempt``: consecutive failures before): count it, release the
-        transport, wait the backoff delay. Returns False (not open) for the worker's loop."""
+        transport, wait the backoff delay."""
         self.stats.count_error()
         delay = backoff_delay(attempt, BACKOFF_INITIAL_S, BACKOFF_MAX_S)
         log.warning("sink %s: connection lost (%s); reconnecting in %.1f s", self.name, err, delay)
         self._set_connected(False)
         self._close_transport()
         self._sleep(delay)
-        return False
 
     def _take(self) -> dict[str, Any] | None:
         """The oldest buffered message; waits for one. None once stopping with an empty buffer."""

@@ -3,11 +3,12 @@
 Rotation: before a line would make ``PATH`` larger than ``max_bytes``, ``PATH.(N-1)`` →
 ``PATH.N`` … ``PATH`` → ``PATH.1`` and a new ``PATH`` is started (``backups = 0``: ``PATH`` is
 truncated instead). A line is never split; a single line longer than ``max_bytes`` gets a file
-of its own. Lines go through a :data:`WRITE_BUFFER` write buffer that is flushed whenever the
-sink has no more lines waiting (:meth:`~streamer.sinks.base.BufferedSink._idle`): at a camera's
-pace every line is flushed as written, so ``tail -F PATH`` follows it; in a burst (``streamer
-bench-pipeline``, a backlog after a stall) hundreds of kilobytes go in one ``write`` instead of one
-system call per 10 KB line (the file's size is counted, not asked of the kernel per line).
+of its own. Lines are held and written in one call whenever the sink has no more lines waiting
+(:meth:`~streamer.sinks.base.BufferedSink._idle`) or :data:`WRITE_BUFFER` bytes are held: at a
+camera's pace every line is written as it comes, so ``tail -F PATH`` follows it; in a burst
+(``streamer bench-pipeline``, a backlog after a stall) hundreds of kilobytes go in one ``write``
+instead of a ``write`` and an ``lseek`` per 10 KB line (the file's size is counted). A line counts
+as sent once written; a failed write (disk full) counts its lines as dropped.
 
 (``logging.handlers.RotatingFileHandler`` is built around log records and with ``backupCount=0``
 never truncates; the rotation here is the few lines below.)
@@ -20,8 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from io import FileIO
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -33,8 +35,8 @@ from streamer.sinks.registry import SinkType, register_sink
 log = logging.getLogger(__name__)
 
 WRITE_BUFFER = 256 * 1024
-"""Bytes of lines gathered before a ``write`` while more lines wait (a 1080p frame of 20 instances
-is an 11 KB line); the buffer is flushed whenever none waits."""
+"""Bytes of lines held for one ``write`` while more lines wait (a 1080p frame of 20 instances is
+an 11 KB line); whatever is held is written whenever none waits."""
 
 
 class JsonlSinkConfig(SinkSettings):
@@ -103,58 +105,99 @@ def rotate(path: str, backups: int) -> None:
 
 
 class JsonlSink(BufferedSink):
-    """Writes each message as one compact JSON line (``streamer.frame_json.dumps``)."""
+    """Writes each message as one compact JSON line (``streamer.frame_json.dumps``).
+
+    File lines are held until the sink's buffer runs dry (:meth:`_idle`) or :data:`WRITE_BUFFER`
+    bytes are held, then written in one call: a line counts as sent once written, and as dropped
+    if its write failed (the sink then reopens the file, as after any broken transport)."""
 
     def __init__(self, cfg: JsonlSinkConfig) -> None:
         super().__init__(cfg.label, cfg.mask_encoding, cfg.buffer)
         self.cfg = cfg
-        self._file: IO[bytes] | None = None
+        self._file: FileIO | None = None
         self._size = 0
         """Bytes in the file: what it held when opened plus every line written since."""
+        self._held: list[bytes] = []
+        """Lines accepted and not yet written."""
+        self._held_bytes = 0
 
     def _open(self) -> None:
         if self.cfg.path != "-":
             self._file = self._open_file()
         self._set_connected(True)
 
-    def _open_file(self) -> IO[bytes]:
-        """``PATH`` opened for appending, its size counted from here on."""
-        file = open(self.cfg.path, "ab", buffering=WRITE_BUFFER)  # noqa: SIM115 - closed in _close_transport
+    def _open_file(self) -> FileIO:
+        """``PATH`` opened for appending (unbuffered: the held lines are the buffer), its size counted from here on."""
+        file = open(self.cfg.path, "ab", buffering=0)  # noqa: SIM115 - closed in _close_transport
         self._size = file.tell()
         return file
 
     def _send(self, msg: dict[str, Any]) -> Delivery:
         line = dumps(msg) + "\n"
-        try:
-            if self.cfg.path == "-":
+        if self.cfg.path == "-":
+            try:
                 sys.stdout.write(line)
-            else:
-                self._write(line.encode("utf-8"))
-        except OSError as err:
-            raise Disconnected(f"cannot write {self.cfg.path}: {err}") from err
-        return Delivery.SENT
+            except OSError as err:
+                raise Disconnected(f"cannot write to stdout: {err}") from err
+            return Delivery.SENT
+        data = line.encode("utf-8")
+        size = self._size + self._held_bytes
+        if 0 < self.cfg.max_bytes < size + len(data) and size > 0:
+            self._write_held()
+            self._rotate()
+        elif self._held_bytes + len(data) > WRITE_BUFFER:
+            self._write_held()
+        self._held.append(data)
+        self._held_bytes += len(data)
+        return Delivery.ACCEPTED
 
     def _idle(self) -> None:
+        if self.cfg.path != "-":
+            self._write_held()
+            return
         try:
-            if self.cfg.path == "-":
-                sys.stdout.flush()
-            elif self._file is not None:
-                self._file.flush()
+            sys.stdout.flush()
         except OSError as err:
-            raise Disconnected(f"cannot write {self.cfg.path}: {err}") from err
+            raise Disconnected(f"cannot write to stdout: {err}") from err
 
-    def _write(self, line: bytes) -> None:
-        if self._file is None:
-            raise OSError(f"{self.cfg.path} is not open")
-        if 0 < self.cfg.max_bytes < self._size + len(line) and self._size > 0:
-            self._file.close()
-            self._file = None
+    def _write_held(self) -> None:
+        """Write the held lines in one call and count them sent; if the write fails, count them
+        dropped and raise :class:`Disconnected`."""
+        if not self._held:
+            return
+        lines, data = len(self._held), b"".join(self._held)
+        self._held.clear()
+        self._held_bytes = 0
+        try:
+            if self._file is None:
+                raise OSError("the file is not open")
+            rest = memoryview(data)
+            while rest:
+                written = self._file.write(rest)
+                if not written:
+                    raise OSError("the file took no bytes")
+                rest = rest[written:]
+        except OSError as err:
+            self.stats.count_dropped(lines)
+            raise Disconnected(f"cannot write {self.cfg.path}: {err}; {lines} line(s) lost") from err
+        self._size += len(data)
+        self.stats.count_sent(lines)
+
+    def _rotate(self) -> None:
+        try:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
             rotate(self.cfg.path, self.cfg.backups)
             self._file = self._open_file()
-        self._file.write(line)
-        self._size += len(line)
+        except OSError as err:
+            raise Disconnected(f"cannot rotate {self.cfg.path}: {err}") from err
 
     def _close_transport(self) -> None:
+        try:
+            self._write_held()
+        except Disconnected as err:
+            log.warning("sink %s: %s", self.name, err)
         if self._file is not None:
             try:
                 self._file.close()

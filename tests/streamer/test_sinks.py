@@ -231,6 +231,27 @@ def test_jsonl_writes_a_burst_in_few_system_calls_and_flushes_when_idle(tmp_path
     assert writes <= 200 * line_bytes // WRITE_BUFFER + 20, f"{writes} write calls for 200 lines of {line_bytes} B"
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="a full disk is simulated with Linux /dev/full")
+def test_jsonl_lines_a_full_disk_refused_count_as_dropped_not_sent() -> None:
+    """Writing to ``/dev/full`` fails with ENOSPC: every line counts as dropped (none as sent), the
+    failure as an error, and the sink keeps reopening the file instead of dying."""
+
+    async def scenario() -> CollectorRegistry:
+        registry = CollectorRegistry()
+        sink = watched(create_sink(JsonlSinkConfig(type="jsonl", path="/dev/full", buffer=16)), registry)
+        await sink.start()
+        for i in range(5):
+            sink.publish(sample_message(index=i))
+        assert await asyncio.to_thread(
+            wait_until, lambda: sample(registry, "streamer_sink_messages_dropped_total", sink=sink.name) == 5)
+        await sink.close(timeout=1.0)
+        return registry
+
+    registry = asyncio.run(scenario())
+    assert sample(registry, "streamer_sink_messages_sent_total", sink="jsonl:/dev/full") == 0
+    assert sample(registry, "streamer_sink_errors_total", sink="jsonl:/dev/full") >= 1
+
+
 def test_rotate_without_backups_starts_over(tmp_path: Path) -> None:
     path = tmp_path / "f.jsonl"
     path.write_text("old\n")
