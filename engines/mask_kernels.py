@@ -263,43 +263,37 @@ def _paste_columns(mask_t: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], 
             base = (x0 + cc) * height + y0  # frame index (column-major) of the column's first pixel
             for it in range(items):
                 s0, s1, kind = item_start[it], item_stop[it], item_kind[it]
-                if kind < 2:  # a run of blocks decided whole
-                    fg = kind == 1
-                    if fg:
-                        out[s0:s1] = True
-                        area += s1 - s0
-                    if fg != prev:
-                        counts[runs] = base + s0 - last
-                        runs, last, prev = runs + 1, base + s0, fg
-                    continue
-                ia, ib = yi0[s0], yi1[s0]
-                ra = src[ia, a0] * (1.0 - lx) + src[ia, a1] * lx
-                rb = src[ib, a0] * (1.0 - lx) + src[ib, a1] * lx
-                if min(ra, rb) > hi or max(ra, rb) < lo:  # the whole segment on one side of the band
-                    fg = ra > hi
-                    if fg:
-                        out[s0:s1] = True
-                        area += s1 - s0
-                    if fg != prev:
-                        counts[runs] = base + s0 - last
-                        runs, last, prev = runs + 1, base + s0, fg
-                    continue
-                for rr in range(s0, s1):
-                    lb = yl[rr]
-                    v = ra * (1.0 - lb) + rb * lb
-                    fg = v > hi
-                    if not fg and v >= lo:  # inside the band: bound PyTorch's deviation at this pixel alone
-                        dx = max(abs(src[ia, a1] - src[ia, a0]), abs(src[ib, a1] - src[ib, a0]))
-                        decided = _band_pixel(v, threshold, n, nx, x0 - x1 + cc, dx, ny, y0 - y1 + rr, abs(rb - ra))
-                        if decided < 0:
-                            return area, True, 0
-                        fg = decided == 1
-                    if fg:
-                        out[rr] = True
-                        area += 1
-                    if fg != prev:
-                        counts[runs] = base + rr - last
-                        runs, last, prev = runs + 1, base + rr, fg
+                fg = kind == 1  # kind 0 or 1: a run of blocks decided whole
+                if kind == 2:
+                    ia, ib = yi0[s0], yi1[s0]
+                    ra = src[ia, a0] * (1.0 - lx) + src[ia, a1] * lx
+                    rb = src[ib, a0] * (1.0 - lx) + src[ib, a1] * lx
+                    fg = ra > hi  # when the whole segment lies on one side of the band
+                    if min(ra, rb) <= hi and max(ra, rb) >= lo:  # it straddles the band: pixel by pixel
+                        for rr in range(s0, s1):
+                            lb = yl[rr]
+                            v = ra * (1.0 - lb) + rb * lb
+                            fg = v > hi
+                            if not fg and v >= lo:  # inside the band: bound PyTorch's deviation at this pixel alone
+                                dx = max(abs(src[ia, a1] - src[ia, a0]), abs(src[ib, a1] - src[ib, a0]))
+                                decided = _band_pixel(v, threshold, n, nx, x0 - x1 + cc, dx, ny, y0 - y1 + rr,
+                                                      abs(rb - ra))
+                                if decided < 0:
+                                    return area, True, 0
+                                fg = decided == 1
+                            if fg:
+                                out[rr] = True
+                                area += 1
+                            if fg != prev:
+                                counts[runs] = base + rr - last
+                                runs, last, prev = runs + 1, base + rr, fg
+                        continue
+                if fg:  # rows s0..s1-1 all foreground or all background
+                    out[s0:s1] = True
+                    area += s1 - s0
+                if fg != prev:
+                    counts[runs] = base + s0 - last
+                    runs, last, prev = runs + 1, base + s0, fg
             runs, last, prev = end_column(counts, runs, last, prev, base + hc, hc == height and cc + 1 < wc, total)
         c = group_end
     counts[runs] = total - last
