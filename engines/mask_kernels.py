@@ -334,17 +334,19 @@ def visible(x1: int, y1: int, x2: int, y2: int, height: int, width: int) -> tupl
 def paste_frame(padded: npt.NDArray[np.float32], grown: npt.NDArray[np.int64], sound: npt.NDArray[np.bool_],
                 height: int, width: int, threshold: float,
                 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.int64], npt.NDArray[np.bool_],
-                           npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+                           npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.uint8], npt.NDArray[np.int64],
+                           npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """:func:`paste_box` of every instance of a frame, and their COCO RLE text, in one call.
 
     ``padded`` is ``float32[K, M+2, M+2]``, ``grown`` ``int64[K, 4]`` integer grown boxes,
     ``sound`` ``bool[K]`` (False: an empty mask). Returns ``(windows, masks, mask_offsets,
-    column_major, areas, uncertain, text, text_offsets)``: ``windows`` ``int64[K, 4]`` as
+    column_major, areas, uncertain, text, text_offsets, runs, run_offsets)``: ``windows`` ``int64[K, 4]`` as
     ``(x0, y0, h, w)`` (``h`` and ``w`` both 0 for an unsound instance or one wholly outside the
     frame); instance ``i``'s mask is ``cells = masks[mask_offsets[i]:mask_offsets[i+1]]``,
     ``cells.reshape(w, h).T`` where ``column_major[i]``, else ``cells.reshape(h, w)``; its COCO
-    compressed counts ``text[text_offsets[i]:text_offsets[i+1]]`` (ASCII). An uncertain
-    instance has neither (the caller pastes it again).
+    compressed counts ``text[text_offsets[i]:text_offsets[i+1]]`` (ASCII), and the same counts
+    uncompressed, ``runs[run_offsets[i]:run_offsets[i+1]]`` (run lengths, zeros first, over the
+    column-major frame). An uncertain instance has none of them (the caller pastes it again).
     """
     k = padded.shape[0]
     windows = np.zeros((k, 4), np.int64)
@@ -365,6 +367,8 @@ def paste_frame(padded: npt.NDArray[np.float32], grown: npt.NDArray[np.int64], s
     column_major = np.zeros(k, np.bool_)
     text = np.empty(64 * k + 16, np.uint8)
     text_offsets = np.zeros(k + 1, np.int64)
+    all_runs = np.empty(16 * k + 16, np.int64)
+    run_offsets = np.zeros(k + 1, np.int64)
     for i in range(k):
         h, w = windows[i, 2], windows[i, 3]
         area, unsure, runs, column_major[i] = _paste_into(
@@ -379,7 +383,15 @@ def paste_frame(padded: npt.NDArray[np.float32], grown: npt.NDArray[np.int64], s
             text = longer
         text[start:stop] = chars
         text_offsets[i + 1] = stop
-    return windows, masks, mask_offsets, column_major, areas, uncertain, text[:text_offsets[k]].copy(), text_offsets
+        start, stop = run_offsets[i], run_offsets[i] + runs
+        if stop > all_runs.shape[0]:
+            more = np.empty(2 * stop, np.int64)
+            more[:start] = all_runs[:start]
+            all_runs = more
+        all_runs[start:stop] = counts[:runs]
+        run_offsets[i + 1] = stop
+    return (windows, masks, mask_offsets, column_major, areas, uncertain, text[:text_offsets[k]].copy(), text_offsets,
+            all_runs[:run_offsets[k]].copy(), run_offsets)
 
 
 @compiled

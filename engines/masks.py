@@ -62,6 +62,9 @@ class BoxMask:
     when the paste made them on the way (the host kernel does); None otherwise."""
     frame_size: tuple[int, int] | None = field(default=None, compare=False)
     """``(height, width)`` of the frame ``coco_counts`` describes."""
+    runs: npt.NDArray[np.int64] | None = field(default=None, compare=False, repr=False)
+    """``coco_counts`` uncompressed: ``int64[n]`` run lengths over the column-major ``frame_size``
+    frame, zeros first (the tracker's mask overlaps walk them); None where ``coco_counts`` is."""
 
     def __post_init__(self) -> None:
         if self.area < 0:
@@ -163,13 +166,13 @@ def _paste_on_host(probs: npt.NDArray[np.float32], grown: npt.NDArray[np.int64],
     padded = np.zeros((k, m + 2 * PADDING, m + 2 * PADDING), np.float32)  # zero border: torchvision's F.pad
     padded[:, PADDING:-PADDING, PADDING:-PADDING] = probs
     threshold32 = float(np.float32(threshold))  # PyTorch compares float32 masks with a float32 threshold
-    windows, flat, offsets, column_major, areas, uncertain, text, text_offsets = paste_frame(
+    windows, flat, offsets, column_major, areas, uncertain, text, text_offsets, runs, run_offsets = paste_frame(
         padded, np.ascontiguousarray(grown, dtype=np.int64), np.ascontiguousarray(sound, dtype=np.bool_),
         height, width, threshold32)
     out = []
     size = (height, width)
     all_counts = text.tobytes().decode("ascii")
-    text_at = text_offsets.tolist()
+    text_at, runs_at = text_offsets.tolist(), run_offsets.tolist()
     for i, (x0, y0, h, w) in enumerate(windows.tolist()):
         if h == 0:  # unsound, or wholly outside the frame
             out.append(BoxMask(x0, y0, np.zeros((0, 0), dtype=bool), 0))
@@ -181,7 +184,8 @@ def _paste_on_host(probs: npt.NDArray[np.float32], grown: npt.NDArray[np.int64],
         else:
             cells = flat[offsets[i]:offsets[i + 1]].copy()  # its own memory: a kept mask must not pin the frame's buffer
             mask = cells.reshape(w, h).T if column_major[i] else cells.reshape(h, w)
-            out.append(BoxMask(x0, y0, mask, int(areas[i]), all_counts[text_at[i]:text_at[i + 1]], size))
+            out.append(BoxMask(x0, y0, mask, int(areas[i]), all_counts[text_at[i]:text_at[i + 1]], size,
+                               runs[runs_at[i]:runs_at[i + 1]]))
     return out
 
 

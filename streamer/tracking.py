@@ -45,6 +45,7 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from engines.masks import BoxMask
+from streamer import tracking_kernels as kernels
 from streamer.tracking_config import TrackingConfig
 from streamer.tracking_kalman import BoxKalman
 
@@ -74,41 +75,42 @@ class TrackOutput:
     """Confirmed tracks alive after this frame (detected now, or lost for at most ``max_age_s``)."""
 
 
-def box_iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+def box_iou(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     """IoU of ``a`` ``[N, 4]`` and ``b`` ``[K, 4]`` boxes ``(x1, y1, x2, y2)``: ``[N, K]`` in [0, 1]."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.maximum(rb - lt, 0.0)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = np.maximum(a[:, 2] - a[:, 0], 0.0) * np.maximum(a[:, 3] - a[:, 1], 0.0)
-    area_b = np.maximum(b[:, 2] - b[:, 0], 0.0) * np.maximum(b[:, 3] - b[:, 1], 0.0)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+    return kernels.box_iou(np.ascontiguousarray(a, dtype=np.float64).reshape(-1, 4),
+                           np.ascontiguousarray(b, dtype=np.float64).reshape(-1, 4))
 
 
 def shifted_mask_iou(a: BoxMask, a_area: int, dx: int, dy: int, b: BoxMask, b_area: int) -> float:
-    """IoU of mask ``a`` moved by ``(dx, dy)`` px and mask ``b`` (box-local masks, frame coordinates)."""
-    ah, aw = a.mask.shape
-    bh, bw = b.mask.shape
-    ax0, ay0 = a.x0 + dx, a.y0 + dy
-    x0, y0 = max(ax0, b.x0), max(ay0, b.y0)
-    x1, y1 = min(ax0 + aw, b.x0 + bw), min(ay0 + ah, b.y0 + bh)
-    inter = 0
-    if x1 > x0 and y1 > y0:
-        inter = int(np.count_nonzero(a.mask[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0]
-                                     & b.mask[y0 - b.y0:y1 - b.y0, x0 - b.x0:x1 - b.x0]))
+    """IoU of mask ``a`` moved by ``(dx, dy)`` px and mask ``b`` (box-local masks, frame coordinates).
+
+    Counted on the masks' COCO runs where the host paste left them (both pasted in one frame
+    size: :func:`~streamer.tracking_kernels.runs_overlap`), else on their pixels.
+    """
+    if a.runs is not None and b.runs is not None and a.frame_size is not None and a.frame_size == b.frame_size:
+        inter = int(kernels.runs_overlap(a.runs, dx, dy, b.runs, a.frame_size[0]))
+    else:
+        ah, aw = a.mask.shape
+        bh, bw = b.mask.shape
+        ax0, ay0 = a.x0 + dx, a.y0 + dy
+        x0, y0 = max(ax0, b.x0), max(ay0, b.y0)
+        x1, y1 = min(ax0 + aw, b.x0 + bw), min(ay0 + ah, b.y0 + bh)
+        inter = 0
+        if x1 > x0 and y1 > y0:
+            inter = int(np.count_nonzero(a.mask[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0]
+                                         & b.mask[y0 - b.y0:y1 - b.y0, x0 - b.x0:x1 - b.x0]))
     union = a_area + b_area - inter
     return inter / union if union > 0 else 0.0
 
 
-def assign(sim: npt.NDArray[np.float64], threshold: float) -> list[tuple[int, int]]:
-    """Row/column pairs of the maximum-similarity assignment with ``sim >= threshold``."""
+def assign(sim: npt.NDArray[np.float64], threshold: float) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Rows and columns (``int64[m]`` each, rows ascending) of the maximum-similarity assignment,
+    the pairs with ``sim >= threshold``."""
     if sim.size == 0:
-        return []
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     rows, cols = linear_sum_assignment(sim, maximize=True)
-    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if sim[r, c] >= threshold]
+    ok = sim[rows, cols] >= threshold
+    return rows[ok].astype(np.int64), cols[ok].astype(np.int64)
 
 
 class Tracker:
@@ -175,47 +177,38 @@ class Tracker:
         high = np.flatnonzero(scores >= self.cfg.high_score)
         low = np.flatnonzero((scores >= self.cfg.low_score) & (scores < self.cfg.high_score))
         matched_track = np.zeros(len(self.ids), dtype=bool)
-        pairs: list[tuple[int, int]] = []  # (track row, detection index)
-
+        rows = first = np.zeros(0, np.int64)  # track rows; first: their detections, first pass
         if len(self.ids) and len(high):
             sim = self._similarity(pred, dets[high], labs[high], [det_masks[i] for i in high],
                                    [det_areas[i] for i in high])
-            for r, c in assign(sim, self.cfg.match_iou):
-                pairs.append((r, int(high[c])))
-                matched_track[r] = True
-        taken = {d for _, d in pairs}
+            rows, c = assign(sim, self.cfg.match_iou)
+            first = high[c]
+            matched_track[rows] = True
+        cols = first
         rest = np.flatnonzero(~matched_track & (self.ids >= 0))
         if len(rest) and len(low):
-            sim = box_iou(pred[rest], dets[low])
-            for r, c in assign(sim, self.cfg.low_match_iou):
-                pairs.append((int(rest[r]), int(low[c])))
-                matched_track[rest[r]] = True
+            r, c = assign(box_iou(pred[rest], dets[low]), self.cfg.low_match_iou)
+            rows, cols = np.concatenate([rows, rest[r]]), np.concatenate([first, low[c]])
+            matched_track[rest[r]] = True
 
         started = 0
-        if pairs:
-            rows = np.array([r for r, _ in pairs])
-            cols = np.array([d for _, d in pairs])
+        if len(rows):
             self.kf.update(rows, dets[cols])
-            self.last_seen[rows] = now
-            self.hits[rows] += 1
-            self.labels[rows] = labs[cols]
             with_mask = np.array([det_masks[d] is not None for d in cols.tolist()], dtype=bool)
-            self.mask_areas[rows[with_mask]] = np.asarray(det_areas, dtype=np.int64)[cols[with_mask]]
-            self.mask_ref[rows[with_mask]] = (dets[cols[with_mask], :2] + dets[cols[with_mask], 2:]) / 2
-            for r, d, has_mask in zip(rows.tolist(), cols.tolist(), with_mask.tolist(), strict=True):
-                if has_mask:
-                    self.masks[r] = det_masks[d]
-                if self.ids[r] < 0 and self.hits[r] >= self.cfg.min_hits:
-                    self.ids[r] = self.next_id
-                    self.next_id += 1
-                    started += 1
-                out[d] = self.ids[r]
+            started, self.next_id = kernels.apply_matches(
+                rows, cols, with_mask, dets, labs, np.asarray(det_areas, dtype=np.int64), now, self.last_seen,
+                self.hits, self.labels, self.mask_areas, self.mask_ref, self.ids, self.cfg.min_hits,
+                self.next_id, out)
+            for r_, d in zip(rows[with_mask].tolist(), cols[with_mask].tolist(), strict=True):
+                self.masks[r_] = det_masks[d]
 
         self._keep(matched_track | (self.ids >= 0))  # unmatched tentative tracks end
-        fresh = [int(d) for d in high if int(d) not in taken]
-        if fresh:
-            self._start(now, dets[fresh], labs[fresh], [det_masks[d] for d in fresh],
-                        [det_areas[d] for d in fresh])
+        taken = np.zeros(k, dtype=bool)
+        taken[first] = True  # detections matched in the first pass
+        fresh = high[~taken[high]]
+        if len(fresh):
+            self._start(now, dets[fresh], labs[fresh], [det_masks[d] for d in fresh.tolist()],
+                        [det_areas[d] for d in fresh.tolist()])
             if self.cfg.min_hits <= 1:
                 new_rows = np.arange(len(self.ids) - len(fresh), len(self.ids))
                 self.ids[new_rows] = np.arange(self.next_id, self.next_id + len(fresh))
@@ -264,23 +257,16 @@ class Tracker:
                     labels: npt.NDArray[np.int64], masks: list[BoxMask | None],
                     areas: list[int]) -> npt.NDArray[np.float64]:
         """``[N, K]`` similarity of the tracks' predicted boxes and the detections."""
-        sim = box_iou(pred, dets)
-        cand = sim > CANDIDATE_IOU
-        ambiguous = cand & ((cand.sum(1, keepdims=True) > 1) | (cand.sum(0, keepdims=True) > 1))
-        if ambiguous.any():
-            centres = (pred[:, :2] + pred[:, 2:]) / 2
-            rows, cols = np.nonzero(ambiguous)
-            if len(rows) > MAX_MASK_PAIRS:
-                top = np.argsort(-sim[rows, cols], kind="stable")[:MAX_MASK_PAIRS]
-                rows, cols = rows[top], cols[top]
-            shifts = np.rint(centres[rows] - self.mask_ref[rows]).astype(np.int64).tolist()
-            for r, c, (dx, dy) in zip(rows.tolist(), cols.tolist(), shifts, strict=True):
-                tm, dm = self.masks[r], masks[c]
-                if tm is None or dm is None:
-                    continue
-                m_iou = shifted_mask_iou(tm, int(self.mask_areas[r]), dx, dy, dm, areas[c])
-                sim[r, c] = 0.5 * (sim[r, c] + m_iou)
-        sim *= np.where(self.labels[:, None] == labels[None, :], 1.0, CLASS_CHANGE_FACTOR)
+        sim = kernels.box_iou(pred, dets)
+        rows, cols, dx, dy = kernels.ambiguous_pairs(sim, pred, self.mask_ref, CANDIDATE_IOU, MAX_MASK_PAIRS)
+        m_iou = np.zeros(len(rows))
+        has = np.zeros(len(rows), dtype=bool)
+        for p, (r, c, sx, sy) in enumerate(zip(rows.tolist(), cols.tolist(), dx.tolist(), dy.tolist(), strict=True)):
+            tm, dm = self.masks[r], masks[c]
+            if tm is not None and dm is not None:
+                m_iou[p] = shifted_mask_iou(tm, int(self.mask_areas[r]), sx, sy, dm, areas[c])
+                has[p] = True
+        kernels.blend_mask_iou(sim, rows, cols, m_iou, has, self.labels, labels, CLASS_CHANGE_FACTOR)
         return sim
 
     def _start(self, now: float, boxes: npt.NDArray[np.float64], labels: npt.NDArray[np.int64],

@@ -1,4 +1,4 @@
-"""Constant-velocity Kalman filters of track boxes, vectorised over tracks (numpy only).
+"""Constant-velocity Kalman filters of track boxes, vectorised over tracks.
 
 Each track's box ``(cx, cy, w, h)`` (px) is four independent filters of state ``(position,
 velocity)`` (px, px/s) with white-noise acceleration. The model's matrices are block-diagonal
@@ -11,12 +11,17 @@ arrays: ``x`` (position), ``v`` (velocity) and the covariance entries ``p00``, `
 
 Noise scales with the box size ``s = sqrt(w h)`` (px), as in SORT/ByteTrack: measurement
 std ``MEAS_STD * s``, acceleration density ``(ACCEL_STD * s)²``.
+
+``predict``, ``update`` and ``boxes`` run as compiled loops (:mod:`streamer.tracking_kernels`)
+that do the arithmetic written in their docstrings, operation for operation.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+
+from streamer.tracking_kernels import kalman_boxes, kalman_predict, kalman_update
 
 MEAS_STD = 0.05
 """Measurement noise std, as a fraction of the box size (px / px)."""
@@ -61,33 +66,31 @@ class BoxKalman:
         self.p11 = np.concatenate([self.p11, np.broadcast_to((INIT_VEL_STD * s) ** 2, (n, 4))])
 
     def predict(self, dt: float) -> None:
-        """Advance every filter by ``dt`` seconds (> 0)."""
-        q = (ACCEL_STD * _size(self.x)) ** 2
-        self.x = self.x + self.v * dt
-        self.x[:, 2:] = np.maximum(self.x[:, 2:], 1.0)
-        self.p00 = self.p00 + 2 * dt * self.p01 + dt * dt * self.p11 + q * dt ** 3 / 3
-        self.p01 = self.p01 + dt * self.p11 + q * dt * dt / 2
-        self.p11 = self.p11 + q * dt
+        """Advance every filter by ``dt`` seconds (> 0), in place::
+
+            q = (ACCEL_STD * _size(x)) ** 2
+            x = x + v * dt;  x[:, 2:] = np.maximum(x[:, 2:], 1.0)
+            p00 = p00 + 2 * dt * p01 + dt * dt * p11 + q * dt ** 3 / 3
+            p01 = p01 + dt * p11 + q * dt * dt / 2
+            p11 = p11 + q * dt
+        """
+        kalman_predict(self.x, self.v, self.p00, self.p01, self.p11, ACCEL_STD, float(dt), float(dt) ** 3)
 
     def update(self, rows: npt.NDArray[np.intp], boxes: npt.NDArray[np.float64]) -> None:
-        """Correct filters ``rows`` ``[m]`` with measured ``boxes`` ``[m, 4]`` ``(x1, y1, x2, y2)``."""
-        z = to_cxcywh(boxes)
-        x, v = self.x[rows], self.v[rows]
-        p00, p01, p11 = self.p00[rows], self.p01[rows], self.p11[rows]
-        r = (MEAS_STD * _size(z)) ** 2
-        s = p00 + r
-        k0, k1 = p00 / s, p01 / s
-        innov = z - x
-        self.x[rows] = x + k0 * innov
-        self.v[rows] = v + k1 * innov
-        self.p00[rows] = (1 - k0) * p00
-        self.p01[rows] = (1 - k0) * p01
-        self.p11[rows] = p11 - k1 * p01
+        """Correct filters ``rows`` ``[m]`` (distinct) with measured ``boxes`` ``[m, 4]`` ``(x1, y1, x2, y2)``,
+        in place::
+
+            z = to_cxcywh(boxes);  r = (MEAS_STD * _size(z)) ** 2;  s = p00 + r
+            k0, k1 = p00 / s, p01 / s
+            x, v = x + k0 * (z - x), v + k1 * (z - x)
+            p00, p01, p11 = (1 - k0) * p00, (1 - k0) * p01, p11 - k1 * p01
+        """
+        kalman_update(self.x, self.v, self.p00, self.p01, self.p11, np.asarray(rows, dtype=np.int64),
+                      np.ascontiguousarray(boxes, dtype=np.float64), MEAS_STD)
 
     def boxes(self) -> npt.NDArray[np.float64]:
-        """``[N, 4]`` current (predicted) boxes ``(x1, y1, x2, y2)``."""
-        half = self.x[:, 2:] / 2
-        return np.concatenate([self.x[:, :2] - half, self.x[:, :2] + half], axis=1)
+        """``[N, 4]`` current (predicted) boxes ``(x1, y1, x2, y2)``: centre ∓ half the size."""
+        return kalman_boxes(self.x)
 
     def keep(self, keep: npt.NDArray[np.bool_]) -> None:
         """Keep the filters where ``keep`` ``[N]`` is True."""
