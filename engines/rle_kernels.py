@@ -21,10 +21,22 @@ import numpy.typing as npt
 def compiled(fn: Callable[..., Any]) -> Any:
     """``fn`` compiled without the GIL, its machine code cached on disk (beside this file, else
     under ``$XDG_CACHE_HOME``/``~/.cache``); where neither is writable, compiled in each process."""
+    return _njit(fn, nogil=True)
+
+
+def compiled_with_gil(fn: Callable[..., Any]) -> Any:
+    """``fn`` compiled like :func:`compiled` but holding the GIL: for kernels of a few
+    microseconds called from Python loops, where giving the GIL up and taking it back would
+    cost more than the call and, with other threads waiting for it, hand the interpreter away
+    at every call (the tracker's kernels, on the event loop)."""
+    return _njit(fn, nogil=False)
+
+
+def _njit(fn: Callable[..., Any], nogil: bool) -> Any:
     try:
-        return numba.njit(cache=True, nogil=True)(fn)
+        return numba.njit(cache=True, nogil=nogil)(fn)
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return numba.njit(nogil=True)(fn)
+        return numba.njit(nogil=nogil)(fn)
 
 
 @compiled

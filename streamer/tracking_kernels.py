@@ -8,6 +8,9 @@ no FMA contraction and no reassociation — and so the tracker's decisions and i
 are unchanged bit for bit. ``tests/streamer/test_tracking_kernels.py`` checks each against its
 numpy expression on random inputs, and fails when one operation's order is changed.
 
+They hold the GIL while they run (:func:`~engines.rle_kernels.compiled_with_gil`): each takes
+microseconds, and the event loop would otherwise give the interpreter away at every call.
+
 Conventions: boxes are ``float64[N, 4]`` ``(x1, y1, x2, y2)`` px; Kalman states are the
 ``float64[N, 4]`` arrays of :class:`~streamer.tracking_kalman.BoxKalman` (``(cx, cy, w, h)``
 per row), updated in place.
@@ -18,22 +21,22 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from engines.rle_kernels import compiled
+from engines.rle_kernels import compiled_with_gil
 
 
-@compiled
+@compiled_with_gil
 def _max(x: float, y: float) -> float:
     """``np.maximum`` of two floats (NaN wins, as in numpy)."""
     return x if x != x or x >= y else y
 
 
-@compiled
+@compiled_with_gil
 def _min(x: float, y: float) -> float:
     """``np.minimum`` of two floats (NaN wins, as in numpy)."""
     return x if x != x or x <= y else y
 
 
-@compiled
+@compiled_with_gil
 def box_iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """IoU of ``a`` ``[N, 4]`` and ``b`` ``[K, 4]`` boxes ``(x1, y1, x2, y2)``: ``[N, K]`` in [0, 1]
     (0 where the union is empty)."""
@@ -54,7 +57,7 @@ def box_iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArr
     return out
 
 
-@compiled
+@compiled_with_gil
 def ambiguous_pairs(sim: npt.NDArray[np.float64], pred: npt.NDArray[np.float64], mask_ref: npt.NDArray[np.float64],
                     candidate: float, most: int,
                     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -103,7 +106,7 @@ def ambiguous_pairs(sim: npt.NDArray[np.float64], pred: npt.NDArray[np.float64],
     return rows, cols, dx, dy
 
 
-@compiled
+@compiled_with_gil
 def _column_pieces(counts: npt.NDArray[np.int64], height: int) -> npt.NDArray[np.int64]:
     """``int64[n, 3]`` ``(column, first row, row after)`` of every vertical piece of foreground
     that COCO counts ``counts`` (column-major, ``height`` rows) describe, in frame order."""
@@ -130,7 +133,7 @@ def _column_pieces(counts: npt.NDArray[np.int64], height: int) -> npt.NDArray[np
     return pieces
 
 
-@compiled
+@compiled_with_gil
 def runs_overlap(a: npt.NDArray[np.int64], dx: int, dy: int, b: npt.NDArray[np.int64], height: int) -> int:
     """Pixels set both in mask ``a`` moved by ``(dx, dy)`` px and in mask ``b``, from their COCO
     counts (uncompressed run lengths, column-major, both in frames of ``height`` rows): the
@@ -155,7 +158,7 @@ def runs_overlap(a: npt.NDArray[np.int64], dx: int, dy: int, b: npt.NDArray[np.i
     return inter
 
 
-@compiled
+@compiled_with_gil
 def blend_mask_iou(sim: npt.NDArray[np.float64], rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64],
                    mask_iou: npt.NDArray[np.float64], has: npt.NDArray[np.bool_],
                    track_labels: npt.NDArray[np.int64], labels: npt.NDArray[np.int64], class_change: float) -> None:
@@ -170,7 +173,7 @@ def blend_mask_iou(sim: npt.NDArray[np.float64], rows: npt.NDArray[np.int64], co
             sim[i, j] *= 1.0 if track_labels[i] == labels[j] else class_change
 
 
-@compiled
+@compiled_with_gil
 def apply_matches(rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64], with_mask: npt.NDArray[np.bool_],
                   dets: npt.NDArray[np.float64], labels: npt.NDArray[np.int64], areas: npt.NDArray[np.int64],
                   now: float, last_seen: npt.NDArray[np.float64], hits: npt.NDArray[np.int64],
@@ -200,7 +203,7 @@ def apply_matches(rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64], with
     return started, next_id
 
 
-@compiled
+@compiled_with_gil
 def kalman_predict(x: npt.NDArray[np.float64], v: npt.NDArray[np.float64], p00: npt.NDArray[np.float64],
                    p01: npt.NDArray[np.float64], p11: npt.NDArray[np.float64], accel_std: float, dt: float,
                    dt3: float) -> None:
@@ -219,7 +222,7 @@ def kalman_predict(x: npt.NDArray[np.float64], v: npt.NDArray[np.float64], p00: 
             p11[i, j] = a11 + q * dt
 
 
-@compiled
+@compiled_with_gil
 def kalman_update(x: npt.NDArray[np.float64], v: npt.NDArray[np.float64], p00: npt.NDArray[np.float64],
                   p01: npt.NDArray[np.float64], p11: npt.NDArray[np.float64], rows: npt.NDArray[np.int64],
                   boxes: npt.NDArray[np.float64], meas_std: float) -> None:
@@ -244,7 +247,7 @@ def kalman_update(x: npt.NDArray[np.float64], v: npt.NDArray[np.float64], p00: n
             p11[i, j] = p11[i, j] - k1 * a01
 
 
-@compiled
+@compiled_with_gil
 def kalman_boxes(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """``[N, 4]`` boxes ``(x1, y1, x2, y2)`` of states ``x`` ``[N, 4]`` ``(cx, cy, w, h)``."""
     out = np.empty((x.shape[0], 4))
