@@ -3,7 +3,9 @@
 The publish path's per-instance work, written as loops that numba compiles once (cached on
 disk) and that release the GIL, so postprocess workers run beside the decode threads instead
 of queueing on the interpreter. :func:`paste_frame` pastes every instance of a frame in one
-call and writes each mask's COCO RLE text as it goes (:mod:`engines.rle_kernels`).
+call and keeps each mask as its COCO runs and RLE text (:mod:`engines.rle_kernels`), no pixels:
+the publish path needs the text, the tracker the runs, and pixels are decoded from the runs
+only where something reads them (annotated frames, polygons).
 
 **Exactness.** :func:`paste_box` decides each pixel of a grown box's visible part as
 ``torch.nn.functional.interpolate(bilinear, align_corners=False) > threshold`` would, without
@@ -115,18 +117,20 @@ def paste_box(src: npt.NDArray[np.float32], x1: int, y1: int, x2: int, y2: int, 
 @compiled
 def _paste_into(buf: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], x1: int, y1: int, x2: int, y2: int,
                 x0: int, y0: int, h: int, w: int, threshold: float, height: int, width: int,
-                counts: npt.NDArray[np.int64]) -> tuple[int, bool, int, bool]:
+                counts: npt.NDArray[np.int64], pixels: bool = True) -> tuple[int, bool, int, bool]:
     """Paste one instance into ``buf`` (``bool[h * w]``, zeroed) and its runs into ``counts``
     (room for :func:`most_runs`): ``(area, uncertain, runs, column_major)``.
 
     A box at least :data:`TALL` × ``(M + 2)`` rows high is pasted down its columns (:func:`_paste_columns`:
     whole segments between two source rows decided at once, runs as it goes), a lower one along
     its rows (:func:`_paste_rows`, vectorized; then :func:`mask_runs`). ``column_major`` says
-    which: the mask is ``buf.reshape(w, h).T``, else ``buf.reshape(h, w)``.
+    which: the mask is ``buf.reshape(w, h).T``, else ``buf.reshape(h, w)``. With ``pixels``
+    False only the runs are wanted: the column path then leaves ``buf`` alone (the row path
+    still uses it, as scratch).
     """
-    if h >= TALL * src.shape[0]:
-        area, uncertain, runs = _paste_columns(buf.reshape((w, h)), src, x1, y1, x2, y2, x0, y0, threshold,
-                                               height, width, counts)
+    if _down_columns(h, src.shape[0]):
+        area, uncertain, runs = _paste_columns(buf.reshape((w, h)) if pixels else buf[:0].reshape((0, 0)), src,
+                                               x1, y1, x2, y2, x0, y0, h, w, threshold, height, width, counts)
         return area, uncertain, runs, True
     mask = buf.reshape((h, w))
     area, uncertain = _paste_rows(mask, src, x1, y1, x2, y2, x0, y0, threshold)
@@ -194,12 +198,13 @@ def _band_edges(threshold: float, n: int) -> tuple[float, float]:
 
 @compiled
 def _paste_columns(mask_t: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], x1: int, y1: int, x2: int, y2: int,
-                   x0: int, y0: int, threshold: float, height: int, width: int, counts: npt.NDArray[np.int64],
-                   ) -> tuple[int, bool, int]:
-    """:func:`paste_box` into ``mask_t`` (``bool[w, h]``, zeroed: the mask transposed) and its
-    run lengths into ``counts`` (room for :func:`most_runs`), one frame column at a time, top
-    to bottom: COCO's order, so the runs come out as the pixels are decided. Returns ``(area,
-    uncertain, runs)``.
+                   x0: int, y0: int, hc: int, wc: int, threshold: float, height: int, width: int,
+                   counts: npt.NDArray[np.int64]) -> tuple[int, bool, int]:
+    """:func:`paste_box` of the ``hc × wc`` window at ``(x0, y0)`` into ``mask_t`` (``bool[wc, hc]``,
+    zeroed: the mask transposed; or empty, ``(0, 0)``, for the runs alone) and its run lengths
+    into ``counts`` (room for :func:`most_runs`), one frame column at a time, top to bottom:
+    COCO's order, so the runs come out as the pixels are decided. Returns ``(area, uncertain,
+    runs)``.
 
     Between two source rows ``a``, ``a + 1`` and two source columns ``b``, ``b + 1`` every
     bilinear value is a convex combination of the four source values at those corners: a
@@ -211,7 +216,8 @@ def _paste_columns(mask_t: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], 
     are computed per column (the values at their two source rows, as a *segment*: decided whole
     when both ends lie on one side of the band, else pixel by pixel).
     """
-    wc, hc = mask_t.shape
+    pixels = mask_t.shape[0] > 0
+    nowhere = np.zeros(0, np.bool_)  # the column written to when no pixels are wanted: none
     total = height * width
     if hc == 0 or wc == 0:
         counts[0] = total
@@ -259,7 +265,7 @@ def _paste_columns(mask_t: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], 
             items += 1
         for cc in range(c, group_end):
             lx = xl[cc]
-            out = mask_t[cc]
+            out = mask_t[cc] if pixels else nowhere
             base = (x0 + cc) * height + y0  # frame index (column-major) of the column's first pixel
             for it in range(items):
                 s0, s1, kind = item_start[it], item_stop[it], item_kind[it]
@@ -282,14 +288,16 @@ def _paste_columns(mask_t: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], 
                                     return area, True, 0
                                 fg = decided == 1
                             if fg:
-                                out[rr] = True
+                                if pixels:
+                                    out[rr] = True
                                 area += 1
                             if fg != prev:
                                 counts[runs] = base + rr - last
                                 runs, last, prev = runs + 1, base + rr, fg
                         continue
                 if fg:  # rows s0..s1-1 all foreground or all background
-                    out[s0:s1] = True
+                    if pixels:
+                        out[s0:s1] = True
                     area += s1 - s0
                 if fg != prev:
                     counts[runs] = base + s0 - last
@@ -331,49 +339,54 @@ def visible(x1: int, y1: int, x2: int, y2: int, height: int, width: int) -> tupl
 
 
 @compiled
+def _down_columns(h: int, n: int) -> bool:
+    """Whether a window ``h`` rows high of a padded mask of side ``n`` is pasted down its columns."""
+    return h >= TALL * n
+
+
+@compiled
 def paste_frame(padded: npt.NDArray[np.float32], grown: npt.NDArray[np.int64], sound: npt.NDArray[np.bool_],
                 height: int, width: int, threshold: float,
-                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.int64], npt.NDArray[np.bool_],
-                           npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.uint8], npt.NDArray[np.int64],
-                           npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """:func:`paste_box` of every instance of a frame, and their COCO RLE text, in one call.
+                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.uint8],
+                           npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """:func:`paste_box` of every instance of a frame, in one call, kept as COCO runs: no pixels.
 
     ``padded`` is ``float32[K, M+2, M+2]``, ``grown`` ``int64[K, 4]`` integer grown boxes,
-    ``sound`` ``bool[K]`` (False: an empty mask). Returns ``(windows, masks, mask_offsets,
-    column_major, areas, uncertain, text, text_offsets, runs, run_offsets)``: ``windows`` ``int64[K, 4]`` as
-    ``(x0, y0, h, w)`` (``h`` and ``w`` both 0 for an unsound instance or one wholly outside the
-    frame); instance ``i``'s mask is ``cells = masks[mask_offsets[i]:mask_offsets[i+1]]``,
-    ``cells.reshape(w, h).T`` where ``column_major[i]``, else ``cells.reshape(h, w)``; its COCO
-    compressed counts ``text[text_offsets[i]:text_offsets[i+1]]`` (ASCII), and the same counts
-    uncompressed, ``runs[run_offsets[i]:run_offsets[i+1]]`` (run lengths, zeros first, over the
-    column-major frame). An uncertain instance has none of them (the caller pastes it again).
+    ``sound`` ``bool[K]`` (False: an empty mask). Returns ``(windows, areas, uncertain, text,
+    text_offsets, runs, run_offsets)``: ``windows`` ``int64[K, 4]`` as ``(x0, y0, h, w)`` (``h``
+    and ``w`` both 0 for an unsound instance or one wholly outside the frame); instance ``i``'s
+    COCO compressed counts ``text[text_offsets[i]:text_offsets[i+1]]`` (ASCII) and the same
+    counts uncompressed, ``runs[run_offsets[i]:run_offsets[i+1]]`` (run lengths, zeros first,
+    over the column-major frame), from which its pixels can be had when wanted
+    (:func:`engines.rle_kernels.runs_to_box`). An uncertain instance has neither (the caller
+    pastes it again). Boxes pasted down their columns write no pixel at all; those pasted along
+    their rows use one scratch buffer for theirs.
     """
-    k = padded.shape[0]
+    k, n = padded.shape[0], padded.shape[1]
     windows = np.zeros((k, 4), np.int64)
-    mask_offsets = np.zeros(k + 1, np.int64)
+    most, scratch_cells = 1, 0
     for i in range(k):
         x0, xe, y0, ye = visible(grown[i, 0], grown[i, 1], grown[i, 2], grown[i, 3], height, width)
         windows[i, 0], windows[i, 1] = x0, y0
         if sound[i] and xe > x0 and ye > y0:
             windows[i, 2], windows[i, 3] = ye - y0, xe - x0
-        mask_offsets[i + 1] = mask_offsets[i] + windows[i, 2] * windows[i, 3]
-    masks = np.zeros(mask_offsets[k], np.bool_)
-    most = 1
-    for i in range(k):
         most = max(most, most_runs(windows[i, 2], windows[i, 3]))
+        if not _down_columns(windows[i, 2], n):
+            scratch_cells = max(scratch_cells, windows[i, 2] * windows[i, 3])
     counts = np.empty(most, np.int64)
+    scratch = np.empty(scratch_cells, np.bool_)
     areas = np.zeros(k, np.int64)
     uncertain = np.zeros(k, np.bool_)
-    column_major = np.zeros(k, np.bool_)
     text = np.empty(64 * k + 16, np.uint8)
     text_offsets = np.zeros(k + 1, np.int64)
     all_runs = np.empty(16 * k + 16, np.int64)
     run_offsets = np.zeros(k + 1, np.int64)
     for i in range(k):
         h, w = windows[i, 2], windows[i, 3]
-        area, unsure, runs, column_major[i] = _paste_into(
-            masks[mask_offsets[i]:mask_offsets[i + 1]], padded[i], grown[i, 0], grown[i, 1], grown[i, 2], grown[i, 3],
-            windows[i, 0], windows[i, 1], h, w, threshold, height, width, counts)
+        buf = scratch[:0] if _down_columns(h, n) else scratch[:h * w]  # the row path sets every cell
+        area, unsure, runs, _ = _paste_into(buf, padded[i], grown[i, 0], grown[i, 1], grown[i, 2], grown[i, 3],
+                                            windows[i, 0], windows[i, 1], h, w, threshold, height, width, counts,
+                                            False)
         areas[i], uncertain[i] = area, unsure
         chars = coco_rle_string(counts[:runs])
         start, stop = text_offsets[i], text_offsets[i] + chars.shape[0]
@@ -390,8 +403,7 @@ def paste_frame(padded: npt.NDArray[np.float32], grown: npt.NDArray[np.int64], s
             all_runs = more
         all_runs[start:stop] = counts[:runs]
         run_offsets[i + 1] = stop
-    return (windows, masks, mask_offsets, column_major, areas, uncertain, text[:text_offsets[k]].copy(), text_offsets,
-            all_runs[:run_offsets[k]].copy(), run_offsets)
+    return windows, areas, uncertain, text[:text_offsets[k]].copy(), text_offsets, all_runs[:run_offsets[k]].copy(), run_offsets
 
 
 @compiled

@@ -18,7 +18,8 @@ empty (``h == 0`` or ``w == 0``) mask. ``BoxMask.to_full`` materializes one full
 for tests and references only.
 
 On the host, step 3 and 4 run in a compiled kernel (:mod:`engines.mask_kernels`, one call per
-frame, which also writes each mask's COCO RLE text: ``BoxMask.coco_counts``) that decides
+frame, which keeps each mask as its COCO runs and RLE text — ``BoxMask.runs``,
+``BoxMask.coco_counts`` — and writes its pixels only if they are read) that decides
 every pixel farther than ``BAND`` (8e-6) from the threshold without PyTorch, decides the pixels
 inside that band by a bound of their own, and hands an instance back to PyTorch's resize only
 when one of them stays undecided (about 3 % of instances): the same masks, about 3× less CPU,
@@ -29,7 +30,6 @@ bring only the box-local masks to the host, in one copy.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,42 +38,73 @@ import torch
 import torch.nn.functional as F
 
 from engines.mask_kernels import paste_frame, visible
+from engines.rle_kernels import runs_to_box
 
 PADDING = 1
 """Zero pixels added on each side of the ``M×M`` mask before resizing (torchvision's value)."""
 
 
-@dataclass(frozen=True, slots=True)
 class BoxMask:
-    """One instance's binary mask, clipped to the frame: frame pixels ``[y0:y0+h, x0:x0+w]``."""
+    """One instance's binary mask, clipped to the frame: frame pixels ``[y0:y0+h, x0:x0+w]``.
 
-    x0: int
-    """Left column in frame pixels, ``0 <= x0 <= W``."""
-    y0: int
-    """Top row in frame pixels, ``0 <= y0 <= H``."""
-    mask: npt.NDArray[np.bool_]
-    """``bool[h, w]``; ``h == 0`` or ``w == 0`` when the box lies outside the frame. Row- or
-    column-major (the host kernel pastes tall boxes down their columns, COCO's order)."""
-    area: int = field(default=-1, compare=False)
-    """Foreground pixels, counted once at construction: masks are made on the postprocess
-    workers, and the tracker on the event loop reads the count instead of recounting."""
-    coco_counts: str | None = field(default=None, compare=False)
-    """COCO compressed RLE counts of this mask in the ``frame_size`` frame it was pasted into,
-    when the paste made them on the way (the host kernel does); None otherwise."""
-    frame_size: tuple[int, int] | None = field(default=None, compare=False)
-    """``(height, width)`` of the frame ``coco_counts`` describes."""
-    runs: npt.NDArray[np.int64] | None = field(default=None, compare=False, repr=False)
-    """``coco_counts`` uncompressed: ``int64[n]`` run lengths over the column-major ``frame_size``
-    frame, zeros first (the tracker's mask overlaps walk them); None where ``coco_counts`` is."""
+    Made from its pixels, ``BoxMask(x0, y0, mask)``, or — by the host paste — from its COCO runs
+    alone (:meth:`from_runs`): its pixels are then decoded from the runs the first time ``mask``
+    is read. The daemon's usual path (RLE messages, tracking on runs) never reads them, so no
+    pixel of such a mask is ever written.
+    """
 
-    def __post_init__(self) -> None:
-        if self.area < 0:
-            object.__setattr__(self, "area", int(np.count_nonzero(self.mask)))
+    __slots__ = ("_mask", "area", "coco_counts", "frame_size", "runs", "shape", "x0", "y0")
+
+    def __init__(self, x0: int, y0: int, mask: npt.NDArray[np.bool_], area: int = -1,
+                 coco_counts: str | None = None, frame_size: tuple[int, int] | None = None,
+                 runs: npt.NDArray[np.int64] | None = None) -> None:
+        self.x0 = x0
+        """Left column in frame pixels, ``0 <= x0 <= W``."""
+        self.y0 = y0
+        """Top row in frame pixels, ``0 <= y0 <= H``."""
+        self._mask: npt.NDArray[np.bool_] | None = mask
+        self.shape: tuple[int, int] = (int(mask.shape[0]), int(mask.shape[1]))
+        """``(h, w)`` of the mask, without decoding it."""
+        self.area = int(np.count_nonzero(mask)) if area < 0 else area
+        """Foreground pixels, counted once at construction: masks are made on the postprocess
+        workers, and the tracker on the event loop reads the count instead of recounting."""
+        self.coco_counts = coco_counts
+        """COCO compressed RLE counts of this mask in the ``frame_size`` frame it was pasted into,
+        when the paste made them on the way (the host kernel does); None otherwise."""
+        self.frame_size = frame_size
+        """``(height, width)`` of the frame ``coco_counts`` and ``runs`` describe."""
+        self.runs = runs
+        """``coco_counts`` uncompressed: ``int64[n]`` run lengths over the column-major
+        ``frame_size`` frame, zeros first (the tracker's mask overlaps walk them); None where
+        ``coco_counts`` is."""
+
+    @classmethod
+    def from_runs(cls, x0: int, y0: int, shape: tuple[int, int], area: int, coco_counts: str,
+                  frame_size: tuple[int, int], runs: npt.NDArray[np.int64]) -> BoxMask:
+        """A mask known by its runs: ``shape`` ``(h, w)`` at ``(x0, y0)`` in a ``frame_size`` frame."""
+        bm = cls.__new__(cls)
+        bm.x0, bm.y0, bm._mask, bm.shape, bm.area = x0, y0, None, (int(shape[0]), int(shape[1])), area
+        bm.coco_counts, bm.frame_size, bm.runs = coco_counts, frame_size, runs
+        return bm
+
+    @property
+    def mask(self) -> npt.NDArray[np.bool_]:
+        """``bool[h, w]``; ``h == 0`` or ``w == 0`` when the box lies outside the frame. Row- or
+        column-major (decoded from runs: column-major, COCO's order)."""
+        if self._mask is None:
+            assert self.runs is not None and self.frame_size is not None  # from_runs sets them
+            h, w = self.shape
+            self._mask = runs_to_box(self.runs, self.frame_size[0], self.x0, self.y0, h, w).T
+        return self._mask
+
+    def __repr__(self) -> str:
+        h, w = self.shape
+        return f"BoxMask(x0={self.x0}, y0={self.y0}, shape=({h}, {w}), area={self.area})"
 
     def to_full(self, height: int, width: int) -> npt.NDArray[np.bool_]:
         """The full-frame ``bool[height, width]`` mask (allocates ``H×W``: tests and references only)."""
         out = np.zeros((height, width), dtype=bool)
-        h, w = self.mask.shape
+        h, w = self.shape
         out[self.y0:self.y0 + h, self.x0:self.x0 + w] = self.mask
         return out
 
@@ -159,14 +190,15 @@ def _torch_paste(padded: torch.Tensor, box: tuple[int, int, int, int], window: t
 
 def _paste_on_host(probs: npt.NDArray[np.float32], grown: npt.NDArray[np.int64], sound: npt.NDArray[np.bool_],
                    height: int, width: int, threshold: float) -> list[BoxMask]:
-    """Host paste: the compiled kernel decides each pixel and writes each mask's COCO RLE on the
-    way (:func:`engines.mask_kernels.paste_frame`, one call per frame); an instance it leaves
-    uncertain (a pixel it cannot decide as PyTorch would) is resized by PyTorch."""
+    """Host paste: the compiled kernel decides each pixel and keeps each mask as its COCO runs and
+    RLE text (:func:`engines.mask_kernels.paste_frame`, one call per frame; the pixels are decoded
+    only if read: :class:`BoxMask`); an instance it leaves uncertain (a pixel it cannot decide as
+    PyTorch would) is resized by PyTorch."""
     k, m = probs.shape[0], probs.shape[-1]
     padded = np.zeros((k, m + 2 * PADDING, m + 2 * PADDING), np.float32)  # zero border: torchvision's F.pad
     padded[:, PADDING:-PADDING, PADDING:-PADDING] = probs
     threshold32 = float(np.float32(threshold))  # PyTorch compares float32 masks with a float32 threshold
-    windows, flat, offsets, column_major, areas, uncertain, text, text_offsets, runs, run_offsets = paste_frame(
+    windows, areas, uncertain, text, text_offsets, runs, run_offsets = paste_frame(
         padded, np.ascontiguousarray(grown, dtype=np.int64), np.ascontiguousarray(sound, dtype=np.bool_),
         height, width, threshold32)
     out = []
@@ -182,10 +214,8 @@ def _paste_on_host(probs: npt.NDArray[np.float32], grown: npt.NDArray[np.int64],
                 crop = _torch_paste(torch.from_numpy(padded[i]), (x1, y1, x2, y2), (x0, x0 + w, y0, y0 + h), threshold)
             out.append(BoxMask(x0, y0, np.ascontiguousarray(crop.numpy())))
         else:
-            cells = flat[offsets[i]:offsets[i + 1]].copy()  # its own memory: a kept mask must not pin the frame's buffer
-            mask = cells.reshape(w, h).T if column_major[i] else cells.reshape(h, w)
-            out.append(BoxMask(x0, y0, mask, int(areas[i]), all_counts[text_at[i]:text_at[i + 1]], size,
-                               runs[runs_at[i]:runs_at[i + 1]]))
+            out.append(BoxMask.from_runs(x0, y0, (h, w), int(areas[i]), all_counts[text_at[i]:text_at[i + 1]], size,
+                                         runs[runs_at[i]:runs_at[i + 1]]))
     return out
 
 

@@ -79,6 +79,29 @@ def mask_runs(mask: npt.NDArray[np.bool_], x0: int, y0: int, height: int, width:
 
 
 @compiled
+def runs_to_box(runs: npt.NDArray[np.int64], height: int, x0: int, y0: int, h: int, w: int) -> npt.NDArray[np.bool_]:
+    """The pixels of the ``h × w`` window at frame ``(x0, y0)`` that COCO counts ``runs``
+    (uncompressed, column-major, ``height`` rows, zeros first) set: ``bool[w, h]``, the window
+    transposed (its columns contiguous, as the runs go). Runs outside the window are ignored."""
+    out = np.zeros((w, h), np.bool_)
+    pos = 0
+    for i in range(runs.shape[0]):
+        start, stop = pos, pos + runs[i]
+        pos = stop
+        if i % 2 == 0:
+            continue
+        while start < stop:  # a run of ones, cut where it crosses into the next column
+            col = start // height
+            end = min(stop, (col + 1) * height)
+            c = col - x0
+            r0, r1 = max(start - col * height - y0, 0), min(end - col * height - y0, h)
+            if 0 <= c < w and r1 > r0:
+                out[c, r0:r1] = True
+            start = end
+    return out
+
+
+@compiled
 def end_column(counts: npt.NDArray[np.int64], runs: int, last: int, prev: bool, below: int, joins_next: bool,
                total: int) -> tuple[int, int, bool]:
     """The run state ``(runs, last, prev)`` after a box column whose last pixel was ``prev``:
