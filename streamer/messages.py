@@ -105,7 +105,7 @@ def frame_result(frame: Frame, det: Detections, spec: MessageSpec, need_masks: b
     """The messages of ``frame`` for ``det`` (``need_masks``: also paste when no encoding needs masks)."""
     valid, dropped = valid_detections(det)
     published = valid.scores >= spec.score_threshold
-    kept = valid.select(published)  # = valid.filter(spec.score_threshold)
+    kept = valid if published.all() else valid.select(published)  # = valid.filter(spec.score_threshold)
     masks = None
     if need_masks or spec.encodings - {"none"}:
         masks = kept.box_masks(spec.mask_threshold)
