@@ -339,6 +339,19 @@ def visible(x1: int, y1: int, x2: int, y2: int, height: int, width: int) -> tupl
 
 
 @compiled
+def _append(buf: npt.NDArray[np.generic], used: int, values: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+    """``values`` written at ``buf[used:]``: ``buf``, or a copy of its first ``used`` items twice as
+    large as needed when it has no room."""
+    stop = used + values.shape[0]
+    if stop > buf.shape[0]:
+        longer = np.empty(2 * stop, buf.dtype)
+        longer[:used] = buf[:used]
+        buf = longer
+    buf[used:stop] = values
+    return buf
+
+
+@compiled
 def _down_columns(h: int, n: int) -> bool:
     """Whether a window ``h`` rows high of a padded mask of side ``n`` is pasted down its columns."""
     return h >= TALL * n
@@ -389,20 +402,10 @@ def paste_frame(padded: npt.NDArray[np.float32], grown: npt.NDArray[np.int64], s
                                             False)
         areas[i], uncertain[i] = area, unsure
         chars = coco_rle_string(counts[:runs])
-        start, stop = text_offsets[i], text_offsets[i] + chars.shape[0]
-        if stop > text.shape[0]:
-            longer = np.empty(2 * stop, np.uint8)
-            longer[:start] = text[:start]
-            text = longer
-        text[start:stop] = chars
-        text_offsets[i + 1] = stop
-        start, stop = run_offsets[i], run_offsets[i] + runs
-        if stop > all_runs.shape[0]:
-            more = np.empty(2 * stop, np.int64)
-            more[:start] = all_runs[:start]
-            all_runs = more
-        all_runs[start:stop] = counts[:runs]
-        run_offsets[i + 1] = stop
+        text = _append(text, text_offsets[i], chars)
+        text_offsets[i + 1] = text_offsets[i] + chars.shape[0]
+        all_runs = _append(all_runs, run_offsets[i], counts[:runs])
+        run_offsets[i + 1] = run_offsets[i] + runs
     return windows, areas, uncertain, text[:text_offsets[k]].copy(), text_offsets, all_runs[:run_offsets[k]].copy(), run_offsets
 
 

@@ -79,25 +79,45 @@ def mask_runs(mask: npt.NDArray[np.bool_], x0: int, y0: int, height: int, width:
 
 
 @compiled
-def runs_to_box(runs: npt.NDArray[np.int64], height: int, x0: int, y0: int, h: int, w: int) -> npt.NDArray[np.bool_]:
-    """The pixels of the ``h × w`` window at frame ``(x0, y0)`` that COCO counts ``runs``
-    (uncompressed, column-major, ``height`` rows, zeros first) set: ``bool[w, h]``, the window
-    transposed (its columns contiguous, as the runs go). Runs outside the window are ignored."""
-    out = np.zeros((w, h), np.bool_)
+def column_pieces(runs: npt.NDArray[np.int64], height: int) -> npt.NDArray[np.int64]:
+    """``int64[n, 3]`` ``(column, first row, row after)`` of every vertical piece of foreground
+    that COCO counts ``runs`` (uncompressed, column-major, ``height`` rows, zeros first)
+    describe, in frame order: each run of ones cut where it crosses into the next column."""
+    n = 0
+    pos = 0
+    for i in range(runs.shape[0]):
+        if i % 2 == 1 and runs[i] > 0:
+            n += (pos + runs[i] - 1) // height - pos // height + 1
+        pos += runs[i]
+    pieces = np.empty((n, 3), np.int64)
+    n = 0
     pos = 0
     for i in range(runs.shape[0]):
         start, stop = pos, pos + runs[i]
         pos = stop
         if i % 2 == 0:
             continue
-        while start < stop:  # a run of ones, cut where it crosses into the next column
+        while start < stop:
             col = start // height
             end = min(stop, (col + 1) * height)
-            c = col - x0
-            r0, r1 = max(start - col * height - y0, 0), min(end - col * height - y0, h)
-            if 0 <= c < w and r1 > r0:
-                out[c, r0:r1] = True
+            pieces[n, 0], pieces[n, 1], pieces[n, 2] = col, start - col * height, end - col * height
+            n += 1
             start = end
+    return pieces
+
+
+@compiled
+def runs_to_box(runs: npt.NDArray[np.int64], height: int, x0: int, y0: int, h: int, w: int) -> npt.NDArray[np.bool_]:
+    """The pixels of the ``h × w`` window at frame ``(x0, y0)`` that COCO counts ``runs``
+    (uncompressed, column-major, ``height`` rows, zeros first) set: ``bool[w, h]``, the window
+    transposed (its columns contiguous, as the runs go). Runs outside the window are ignored."""
+    out = np.zeros((w, h), np.bool_)
+    pieces = column_pieces(runs, height)
+    for p in range(pieces.shape[0]):
+        c = pieces[p, 0] - x0
+        r0, r1 = max(pieces[p, 1] - y0, 0), min(pieces[p, 2] - y0, h)
+        if 0 <= c < w and r1 > r0:
+            out[c, r0:r1] = True
     return out
 
 

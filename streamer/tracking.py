@@ -199,8 +199,8 @@ class Tracker:
                 rows, cols, with_mask, dets, labs, np.asarray(det_areas, dtype=np.int64), now, self.last_seen,
                 self.hits, self.labels, self.mask_areas, self.mask_ref, self.ids, self.cfg.min_hits,
                 self.next_id, out)
-            for r_, d in zip(rows[with_mask].tolist(), cols[with_mask].tolist(), strict=True):
-                self.masks[r_] = det_masks[d]
+            for row, d in zip(rows[with_mask].tolist(), cols[with_mask].tolist(), strict=True):
+                self.masks[row] = det_masks[d]
 
         self._keep(matched_track | (self.ids >= 0))  # unmatched tentative tracks end
         taken = np.zeros(k, dtype=bool)

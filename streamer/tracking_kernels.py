@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from engines.rle_kernels import compiled_with_gil
+from engines.rle_kernels import column_pieces, compiled_with_gil
 
 
 @compiled_with_gil
@@ -107,39 +107,12 @@ def ambiguous_pairs(sim: npt.NDArray[np.float64], pred: npt.NDArray[np.float64],
 
 
 @compiled_with_gil
-def _column_pieces(counts: npt.NDArray[np.int64], height: int) -> npt.NDArray[np.int64]:
-    """``int64[n, 3]`` ``(column, first row, row after)`` of every vertical piece of foreground
-    that COCO counts ``counts`` (column-major, ``height`` rows) describe, in frame order."""
-    n = 0
-    pos = 0
-    for i in range(counts.shape[0]):  # pieces: a run of ones split where it crosses into a new column
-        if i % 2 == 1 and counts[i] > 0:
-            n += (pos + counts[i] - 1) // height - pos // height + 1
-        pos += counts[i]
-    pieces = np.empty((n, 3), np.int64)
-    n = 0
-    pos = 0
-    for i in range(counts.shape[0]):
-        start, stop = pos, pos + counts[i]
-        pos = stop
-        if i % 2 == 0:
-            continue
-        while start < stop:
-            col = start // height
-            end = min(stop, (col + 1) * height)
-            pieces[n, 0], pieces[n, 1], pieces[n, 2] = col, start - col * height, end - col * height
-            n += 1
-            start = end
-    return pieces
-
-
-@compiled_with_gil
 def runs_overlap(a: npt.NDArray[np.int64], dx: int, dy: int, b: npt.NDArray[np.int64], height: int) -> int:
     """Pixels set both in mask ``a`` moved by ``(dx, dy)`` px and in mask ``b``, from their COCO
     counts (uncompressed run lengths, column-major, both in frames of ``height`` rows): the
     vertical pieces of foreground of both, walked together column by column — work in the number
     of runs, not of pixels. A piece of ``a`` moved outside the frame meets nothing of ``b``."""
-    pa, pb = _column_pieces(a, height), _column_pieces(b, height)
+    pa, pb = column_pieces(a, height), column_pieces(b, height)
     i = j = 0
     inter = 0
     while i < pa.shape[0] and j < pb.shape[0]:
