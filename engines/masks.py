@@ -37,7 +37,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from engines.mask_kernels import paste_frame, visible
+from engines.mask_kernels import grown_boxes, paste_frame, visible
 from engines.rle_kernels import runs_to_box
 
 PADDING = 1
@@ -83,7 +83,7 @@ class BoxMask:
                   frame_size: tuple[int, int], runs: npt.NDArray[np.int64]) -> BoxMask:
         """A mask known by its runs: ``shape`` ``(h, w)`` at ``(x0, y0)`` in a ``frame_size`` frame."""
         bm = cls.__new__(cls)
-        bm.x0, bm.y0, bm._mask, bm.shape, bm.area = x0, y0, None, (int(shape[0]), int(shape[1])), area
+        bm.x0, bm.y0, bm._mask, bm.shape, bm.area = x0, y0, None, shape, area
         bm.coco_counts, bm.frame_size, bm.runs = coco_counts, frame_size, runs
         return bm
 
@@ -122,21 +122,11 @@ def _grown_boxes(boxes: torch.Tensor | npt.NDArray[np.float32], scale: float,
                  ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
     """Integer grown boxes (torchvision's float32 arithmetic, truncated) and which boxes are sound.
 
-    numpy and torch float32 element-wise operations round alike, so host boxes stay in numpy
-    (no tensor dispatch per operation) and device boxes stay on their device.
+    Host boxes go through the compiled :func:`engines.mask_kernels.grown_boxes` (numpy and torch
+    float32 element-wise operations round alike); device boxes stay on their device.
     """
     if isinstance(boxes, np.ndarray):
-        b = boxes.astype(np.float32, copy=False)
-        with np.errstate(invalid="ignore"):
-            sound = np.isfinite(b).all(axis=1) & (b[:, 2] >= b[:, 0]) & (b[:, 3] >= b[:, 1])
-        b = np.nan_to_num(b)
-        w_half = (b[:, 2] - b[:, 0]) * np.float32(0.5) * np.float32(scale)
-        h_half = (b[:, 3] - b[:, 1]) * np.float32(0.5) * np.float32(scale)
-        x_c = (b[:, 2] + b[:, 0]) * np.float32(0.5)
-        y_c = (b[:, 3] + b[:, 1]) * np.float32(0.5)
-        with np.errstate(invalid="ignore", over="ignore"):
-            grown = np.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], axis=1).astype(np.int64)
-        return grown, sound
+        return grown_boxes(np.ascontiguousarray(boxes, dtype=np.float32).reshape(-1, 4), scale)
     t = boxes.to(torch.float32)
     sound_t = torch.isfinite(t).all(dim=1) & (t[:, 2] >= t[:, 0]) & (t[:, 3] >= t[:, 1])
     grown_t = expand_boxes(torch.nan_to_num(t), scale).to(torch.int64)
@@ -205,16 +195,17 @@ def _paste_on_host(probs: npt.NDArray[np.float32], grown: npt.NDArray[np.int64],
     size = (height, width)
     all_counts = text.tobytes().decode("ascii")
     text_at, runs_at = text_offsets.tolist(), run_offsets.tolist()
-    for i, (x0, y0, h, w) in enumerate(windows.tolist()):
+    for i, ((x0, y0, h, w), area, unsure) in enumerate(zip(windows.tolist(), areas.tolist(), uncertain.tolist(),
+                                                              strict=True)):
         if h == 0:  # unsound, or wholly outside the frame
             out.append(BoxMask(x0, y0, np.zeros((0, 0), dtype=bool), 0))
-        elif uncertain[i]:
+        elif unsure:
             x1, y1, x2, y2 = grown[i].tolist()
             with torch.inference_mode():
                 crop = _torch_paste(torch.from_numpy(padded[i]), (x1, y1, x2, y2), (x0, x0 + w, y0, y0 + h), threshold)
             out.append(BoxMask(x0, y0, np.ascontiguousarray(crop.numpy())))
         else:
-            out.append(BoxMask.from_runs(x0, y0, (h, w), int(areas[i]), all_counts[text_at[i]:text_at[i + 1]], size,
+            out.append(BoxMask.from_runs(x0, y0, (h, w), area, all_counts[text_at[i]:text_at[i + 1]], size,
                                          runs[runs_at[i]:runs_at[i + 1]]))
     return out
 

@@ -173,14 +173,15 @@ class Batcher:
         """Set by :meth:`close`: ``next_batch`` returns None once every queue is empty."""
         self._on_drop = on_drop
         self._start = 0
-        self._changed = asyncio.Event()
+        self._waiter: asyncio.Future[bool] | None = None
+        """What ``next_batch`` awaits while it waits for a change (one future per wait, no task)."""
 
     def new_queue(self, name: str, drops: bool) -> StreamQueue:
         """Register (or replace) the queue of stream ``name``."""
         queue = StreamQueue(name, self.cfg.queue_size, drops, self._on_drop)
-        queue.listen(self._changed.set)
+        queue.listen(self._on_change)
         self.queues[name] = queue
-        self._changed.set()
+        self._on_change()
         return queue
 
     def remove_queue(self, name: str) -> None:
@@ -200,7 +201,7 @@ class Batcher:
         self.closing = True
         for queue in self.queues.values():
             queue.close()
-        self._changed.set()
+        self._on_change()
 
     async def next_batch(self) -> list[Frame] | None:
         """The next batch (1..max_batch_size frames of one size); None once closed and empty."""
@@ -232,11 +233,28 @@ class Batcher:
             self._start = start + last + 1
         return batch
 
+    def _on_change(self) -> None:
+        """A frame arrived or a queue closed (called for every frame: one test when nobody waits)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
     async def _wait_changed(self, timeout: float | None) -> bool:
-        """Wait for a queue change; False on timeout."""
-        self._changed.clear()
+        """Wait for the next queue change; False on timeout. (``next_batch`` looks at the queues
+        and waits in one step of the loop, so no change can fall between the two.)"""
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        expiry = None if timeout is None else loop.call_later(timeout, _expire, waiter)
         try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+            changed = await waiter
+        finally:
+            self._waiter = None
+            if expiry is not None:
+                expiry.cancel()
+        return changed
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    """A wait's timeout: the waiter, if still waiting, learns that nothing changed."""
+    if not waiter.done():
+        waiter.set_result(False)

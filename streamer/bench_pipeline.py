@@ -60,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--workers", type=int, default=2, help="[inference] postprocess_workers (default 2)")
     p.add_argument("--no-tracking", dest="tracking", action="store_false",
                    help="[tracking] enabled = false in the pipeline phase (default: on, as in streamer run)")
+    p.add_argument("--encoding", choices=("rle", "polygon", "none"), default="rle",
+                   help="the JSONL sink's mask encoding (default rle; none with --no-tracking: the daemon's "
+                        "own cost, no mask pasted)")
     p.add_argument("--rounds", type=_positive, default=3,
                    help="decode-only / pipeline pairs run alternately; the median round is reported (the lower middle one of an even count; default 3)")
     p.add_argument("--post-instances", default="20,100", help="K values of the postprocess step (default 20,100)")
@@ -142,9 +145,9 @@ def decode_ceiling(video: Path, streams: int) -> dict[str, float]:
 
 
 def pipeline(video: Path, streams: int, runner: Any, batch: int, workers: int, out: Path,
-             tracking: bool = True) -> dict[str, Any]:
+             tracking: bool = True, encoding: str = "rle") -> dict[str, Any]:
     """The daemon over ``streams`` unpaced file sources of ``video`` with ``runner``, JSONL to
-    ``out`` (``tracking``: the ``[tracking]`` stage on, as by default)."""
+    ``out`` with masks in ``encoding`` (``tracking``: the ``[tracking]`` stage on, as by default)."""
     from prometheus_client import CollectorRegistry
 
     from streamer.config import StreamerConfig
@@ -153,7 +156,7 @@ def pipeline(video: Path, streams: int, runner: Any, batch: int, workers: int, o
 
     cfg = StreamerConfig.model_validate({
         "sources": [{"name": f"s{i}", "url": str(video), "realtime": False} for i in range(streams)],
-        "sinks": [{"type": "jsonl", "path": str(out), "max_bytes": 0}],
+        "sinks": [{"type": "jsonl", "path": str(out), "max_bytes": 0, "mask_encoding": encoding}],
         "batching": {"max_batch_size": batch},
         "inference": {"postprocess_workers": workers},
         "tracking": {"enabled": tracking},
@@ -228,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
     ks = [int(k) for k in args.post_instances.split(",") if k]
     report: dict[str, Any] = {"streams": args.streams, "size": [width, height], "instances": args.instances,
-                              "batch": args.batch, "postprocess_workers": args.workers, "tracking": args.tracking}
+                              "batch": args.batch, "postprocess_workers": args.workers, "tracking": args.tracking,
+                              "encoding": args.encoding}
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "synthetic.mp4"
         log.info("encoding a %dx%d clip of %d frames", width, height, args.frames)
@@ -243,14 +247,15 @@ def run(args: argparse.Namespace) -> int:
         report["runner"] = runner.info.name
         log.info("pipeline warm-up: the daemon once over a %d-frame clip", WARMUP_FRAMES)
         warmup = write_synthetic_video(Path(tmp) / "warmup.mp4", WARMUP_FRAMES, width, height)
-        pipeline(warmup, args.streams, runner, args.batch, args.workers, Path(tmp) / "warmup.jsonl", args.tracking)
+        pipeline(warmup, args.streams, runner, args.batch, args.workers, Path(tmp) / "warmup.jsonl", args.tracking,
+                 args.encoding)
         rounds = []
         for i in range(args.rounds):
             log.info("round %d of %d: decode ceiling, then pipeline (%d streams, runner %s)",
                      i + 1, args.rounds, args.streams, runner.info.name)
             decode = decode_ceiling(video, args.streams)
             piped = pipeline(video, args.streams, runner, args.batch, args.workers, Path(tmp) / f"out-{i}.jsonl",
-                             args.tracking)
+                             args.tracking, args.encoding)
             rounds.append({"decode_only": decode, "pipeline": piped, "ratio": piped["fps"] / decode["fps"]})
     median_round = sorted(rounds, key=lambda r: r["ratio"])[(len(rounds) - 1) // 2]  # the lower one of an even count
     report["rounds"] = [{"decode_fps": r["decode_only"]["fps"], "pipeline_fps": r["pipeline"]["fps"],
@@ -283,7 +288,8 @@ def _print(r: dict[str, Any]) -> None:
     d, p = r["decode_only"], r["pipeline"]
     w, h = r["size"]
     print(f"{r['streams']} streams of {w}x{h} H.264, runner {r['runner']}, batch {r['batch']}, "
-          f"{r['postprocess_workers']} postprocess workers, tracking {'on' if r['tracking'] else 'off'}")
+          f"{r['postprocess_workers']} postprocess workers, tracking {'on' if r['tracking'] else 'off'}, "
+          f"masks {r['encoding']}")
     for i, rnd in enumerate(r["rounds"], 1):
         print(f"round {i}: decode only {rnd['decode_fps']:6.1f}, pipeline {rnd['pipeline_fps']:6.1f} frames/s "
               f"= {rnd['ratio']:.2f} x")

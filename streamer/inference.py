@@ -34,6 +34,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
+
 from engines.runner import Detections, Runner
 from streamer.batching import Batcher
 from streamer.frames import Frame
@@ -155,28 +158,46 @@ class Publisher:
                 log.exception("postprocessing a batch of %d frames failed; frames dropped", len(frames))
                 count_drops(frames, self.counts_of, "inference_error")
                 continue
-            for frame, result in zip(frames, results, strict=True):
-                counts = self.counts_of(frame.stream)
-                if counts is not None:
-                    self._publish(frame, result, counts)
+            try:
+                self._publish(frames, results)
+            except Exception:  # a bug must not stop publishing: later batches still go out
+                log.exception("publishing a batch of %d frames failed", len(frames))
         self._pool.shutdown(wait=False)
 
-    def _publish(self, frame: Frame, result: FrameResult, counts: StreamCounts) -> None:
-        """Track (CPU counted as ``track``), then hand the messages to the sinks and count them
-        (``publish``): the two stages' CPU times are disjoint, so they add up."""
+    def _publish(self, frames: Sequence[Frame], results: Sequence[FrameResult]) -> None:
+        """Track each frame of a still running stream (CPU counted as ``track``), then hand the
+        batch's messages to each sink at once and count them (``publish``): the two stages' CPU
+        times are disjoint, so they add up."""
         start = time.thread_time()
-        if self.trackers is not None:
-            tracked = self.trackers.track(frame, result)
-            tracked_at = time.thread_time()
-            self.stats.cpu.add("track", tracked_at - start)
-            start = tracked_at
-            counts.set_tracks(tracked.active, tracked.started)
+        track_cpu = 0.0
+        done: list[tuple[Frame, FrameResult]] = []
+        for frame, result in zip(frames, results, strict=True):
+            counts = self.counts_of(frame.stream)
+            if counts is None:  # removed meanwhile: not published
+                continue
+            if self.trackers is not None:
+                tracking = time.thread_time()
+                tracked = self.trackers.track(frame, result)
+                track_cpu += time.thread_time() - tracking
+                counts.set_tracks(tracked.active, tracked.started)
+            counts.count_published(self._classes(result.detections.labels), result.dropped)
+            done.append((frame, result))
         for sink in self.sinks:
-            sink.publish(result.messages[sink.encoding])
-        classes = Counter(class_name(self.spec.class_names, label) for label in result.detections.labels.tolist())
-        counts.count_published(classes, result.dropped)
-        self.stats.end_to_end_latency.labels(frame.stream).observe(max(0.0, time.time() - frame.capture_time))
-        self.stats.cpu.add("publish", time.thread_time() - start)
+            sink.publish_all([result.messages[sink.encoding] for _, result in done])
+        now = time.time()
+        for frame, _ in done:
+            self.stats.end_to_end_latency.labels(frame.stream).observe(max(0.0, now - frame.capture_time))
+        if self.trackers is not None:
+            self.stats.cpu.add("track", track_cpu)
+        self.stats.cpu.add("publish", time.thread_time() - start - track_cpu)
+
+    def _classes(self, labels: npt.NDArray[np.integer]) -> dict[str, int]:
+        """Instances per class name of one frame's ``labels``."""
+        classes: dict[str, int] = {}
+        for label, n in Counter(labels.tolist()).items():
+            name = class_name(self.spec.class_names, label)
+            classes[name] = classes.get(name, 0) + n
+        return classes
 
 
 def count_drops(frames: Sequence[Frame], counts_of: CountsOf, reason: DropReason) -> None:

@@ -81,6 +81,23 @@ def encode_box_polygons(bm: BoxMask) -> list[list[float]]:
     return polygons
 
 
+def rounded(values: npt.NDArray[np.floating], digits: int) -> list[Any]:
+    """``round(v, digits)`` of every value, as (nested) lists of Python floats, bit for bit.
+
+    Python's ``round`` rounds the exact binary value to ``digits`` decimals, ties to even, and
+    returns the double nearest that decimal. For float32 values the same comes vectorized: ``v ×
+    10^digits`` is exact in float64 (24 significant bits times at most 17 for ``digits <= 5``),
+    ``rint`` rounds it to the integer ``n`` ties to even, and IEEE division returns the double
+    nearest ``n / 10^digits``. Other dtypes take Python's ``round`` value by value.
+    """
+    if values.dtype == np.float32 and 0 <= digits <= 5:
+        scale = float(10 ** digits)
+        return (np.rint(values.astype(np.float64) * scale) / scale).tolist()
+    if values.ndim == 1:
+        return [round(v, digits) for v in values.tolist()]
+    return [rounded(row, digits) for row in values]
+
+
 def class_name(class_names: Sequence[str], label: int) -> str:
     """The name of class ``label``, or the label as text when the model names no such class."""
     return class_names[label] if 0 <= label < len(class_names) else str(label)
@@ -110,13 +127,13 @@ def frame_message(
     else:
         mask_json = [None] * len(det)
     instances = []
-    labels, scores, boxes = det.labels.tolist(), det.scores.tolist(), det.boxes.tolist()  # Python ints/floats, exact
+    labels, scores, boxes = det.labels.tolist(), rounded(det.scores, 5), rounded(det.boxes, 2)
     for label, score, box, mask in zip(labels, scores, boxes, mask_json, strict=True):
         inst: dict[str, Any] = {
             "label": label,
             "class": class_name(class_names, label),
-            "score": round(score, 5),
-            "box": [round(v, 2) for v in box],
+            "score": score,
+            "box": box,
         }
         if mask is not None:
             inst["mask"] = mask

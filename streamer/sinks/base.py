@@ -28,6 +28,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from streamer.backoff import backoff_delay
@@ -59,6 +60,12 @@ class Sink(ABC):
     @abstractmethod
     def publish(self, msg: dict[str, Any]) -> None:
         """Queue one frame message. Returns at once and never raises; drops the oldest when full."""
+
+    def publish_all(self, msgs: Sequence[dict[str, Any]]) -> None:
+        """:meth:`publish` each of ``msgs`` in order (the daemon hands over a batch's messages
+        at once; a buffered sink takes them in one step)."""
+        for msg in msgs:
+            self.publish(msg)
 
     @abstractmethod
     async def close(self, timeout: float) -> None:
@@ -115,17 +122,24 @@ class BufferedSink(Sink):
         self._thread.start()
 
     def publish(self, msg: dict[str, Any]) -> None:
+        self.publish_all((msg,))
+
+    def publish_all(self, msgs: Sequence[dict[str, Any]]) -> None:
+        """Buffer ``msgs`` under one lock and wake the worker once (not once per message)."""
+        if not msgs:
+            return
         try:
             with self._cond:
                 if self._stopping:
-                    self.stats.count_dropped()
+                    self.stats.count_dropped(len(msgs))
                     return
-                if len(self._buffer) >= self.capacity:
-                    self._buffer.popleft()
-                    self.stats.count_dropped()
-                self._buffer.append(msg)
+                for msg in msgs:
+                    if len(self._buffer) >= self.capacity:
+                        self._buffer.popleft()
+                        self.stats.count_dropped()
+                    self._buffer.append(msg)
                 self._cond.notify()
-        except Exception:  # publish() must never raise into the daemon
+        except Exception:  # publishing must never raise into the daemon
             log.exception("sink %s: publish failed", self.name)
 
     async def close(self, timeout: float) -> None:

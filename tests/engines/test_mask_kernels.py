@@ -203,3 +203,33 @@ def test_coco_rle_text_equals_pycocotools_for_any_counts() -> None:
         want = mask_utils.frPyObjects({"size": [1, total], "counts": counts}, 1, total)["counts"]
         got = coco_rle_string(np.asarray(counts, np.int64)).tobytes()
         assert got == want, counts
+
+
+def test_grown_boxes_kernel_equals_torchvisions_float32_expand_boxes() -> None:
+    """The compiled box growth equals torchvision's ``expand_boxes`` (float32) then ``int64`` on
+    200,000 random boxes (half-integer and integer coordinates among them, sub-pixel to frame-size
+    boxes, some outside the frame); unsound boxes are flagged; the same arithmetic in float64
+    truncates differently on some boxes (the check can fail)."""
+    from engines.mask_kernels import grown_boxes
+    from engines.masks import expand_boxes
+
+    rng = np.random.default_rng(0)
+    n = 200_000
+    x1, y1 = rng.uniform(-100, 2000, n), rng.uniform(-100, 1200, n)
+    w, h = np.exp(rng.uniform(-3, 7, n)), np.exp(rng.uniform(-3, 7, n))
+    boxes = np.stack([x1, y1, x1 + w, y1 + h], 1).astype(np.float32)
+    boxes[::7] = np.round(boxes[::7] * 2) / 2
+    boxes[::11] = np.round(boxes[::11])
+    for scale in (30 / 28, 1.5):
+        grown, sound = grown_boxes(boxes, scale)
+        ref = expand_boxes(torch.from_numpy(boxes), scale).to(torch.int64).numpy()
+        assert sound.all() and np.array_equal(grown, ref)
+        wide = boxes.astype(np.float64)
+        w64, x64 = (wide[:, 2] - wide[:, 0]) * 0.5 * scale, (wide[:, 2] + wide[:, 0]) * 0.5
+        assert (np.trunc(x64 - w64).astype(np.int64) != ref[:, 0]).any()
+
+    bad = np.array([[np.nan, 0, 5, 5], [0, np.inf, 5, 5], [-np.inf, 0, 5, 5], [30, 10, 10, 30],
+                    [10, 30, 30, 10], [5, 5, 5, 5]], np.float32)
+    grown, sound = grown_boxes(bad, 30 / 28)
+    assert sound.tolist() == [False, False, False, False, False, True]
+    assert grown[0].tolist() == [0, 0, 5, 5] and grown[5].tolist() == [5, 5, 5, 5]

@@ -98,8 +98,8 @@ def test_sink_types_come_from_the_registry() -> None:
 def test_absent_consumer_never_blocks_and_drops_oldest(tmp_path: Path) -> None:
     """A JSONL sink whose directory does not exist yet (the config refuses that at load time;
     here the directory vanished after it, ``model_construct`` skips that check): publish returns
-    at once, the buffer keeps the newest 4, and once the directory appears the sink reconnects
-    and writes exactly those."""
+    at once, the buffer keeps the newest 4 (messages handed over one by one or as a batch alike),
+    and once the directory appears the sink reconnects and writes exactly those."""
 
     async def scenario() -> None:
         registry = CollectorRegistry()
@@ -108,7 +108,8 @@ def test_absent_consumer_never_blocks_and_drops_oldest(tmp_path: Path) -> None:
         await sink.start()
         messages = [sample_message(index=i) for i in range(10)]
         start = time.perf_counter()
-        for msg in messages:
+        sink.publish_all(messages[:6])  # more than the buffer holds, in one call
+        for msg in messages[6:]:
             sink.publish(msg)
         assert time.perf_counter() - start < 0.05
         assert sample(registry, "streamer_sink_messages_dropped_total", sink=sink.name) == 6
@@ -140,7 +141,8 @@ def test_close_counts_undeliverable_messages_and_refuses_new_ones(tmp_path: Path
         await sink.close(timeout=0.2)
         assert time.perf_counter() - start < 1.5
         sink.publish(sample_message(index=5))
-        assert sample(registry, "streamer_sink_messages_dropped_total", sink=sink.name) == 6
+        sink.publish_all([sample_message(index=6), sample_message(index=7)])
+        assert sample(registry, "streamer_sink_messages_dropped_total", sink=sink.name) == 8
         assert sample(registry, "streamer_sink_messages_sent_total", sink=sink.name) == 0
 
     asyncio.run(scenario())

@@ -34,6 +34,9 @@ class ListSink:
     def publish(self, msg: dict[str, Any]) -> None:
         self.messages.append(msg)
 
+    def publish_all(self, msgs: list[dict[str, Any]]) -> None:
+        self.messages.extend(msgs)
+
 
 def frame(stream: str, index: int) -> Frame:
     return Frame(stream, stream, index, None, 1000.0 + index / 25, 0.0, np.zeros((H, W, 3), np.uint8))
