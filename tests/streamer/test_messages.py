@@ -90,3 +90,15 @@ def test_rounded_equals_pythons_round_bit_for_bit_on_float32() -> None:
     formula = (np.rint(wide * 100.0) / 100.0).tolist()
     assert any(a != round(v, 2) for a, v in zip(formula, wide.tolist(), strict=True))
     assert rounded(wide, 2) == [round(v, 2) for v in wide.tolist()]
+
+
+def test_dumps_writes_the_bytes_of_json_dumps_compact() -> None:
+    """The sinks' one serializer (a cached encoder without the cycle check) writes exactly what
+    ``json.dumps(msg, separators=(",", ":"))`` writes, in every encoding, non-ASCII names included."""
+    from streamer.frame_json import dumps
+
+    frame = Frame("caméra-1", "rtsp://hôte/x", 7, 0.28, 1_700_000_000.123456, 0.0, np.zeros((H, W, 3), np.uint8))
+    det = _dets([[10, 10, 30, 30], [-5.5, 3.25, 20.125, 47.99], [40, 20, 64, 48]], [0.93, 0.00001, 0.5])
+    spec = MessageSpec(("__background__", "ünïcode"), frozenset({"rle", "polygon", "none"}), score_threshold=0.0)
+    for msg in frame_result(frame, det, spec).messages.values():
+        assert dumps(msg) == json.dumps(msg, separators=(",", ":"))
