@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 """``json.dumps(msg, separators=(",", ":"))``'s encoder, made once. A frame message is a tree
 built by :func:`streamer.schema.frame_message`, so the encoder skips the reference-cycle check
