@@ -132,3 +132,21 @@ def test_track_and_publish_cpu_are_disjoint() -> None:
     cpu = stats.cpu.snapshot()
     assert cpu["track"] >= 0.2
     assert cpu["publish"] < 0.1 * cpu["track"], cpu
+
+
+class FailingTrackers(StreamTrackers):
+    """Real trackers that raise on one frame (a bug in a stage after postprocessing)."""
+
+    def track(self, frame: Frame, result: Any) -> Any:
+        if frame.index == 3:
+            raise RuntimeError("tracker bug")
+        return super().track(frame, result)
+
+
+def test_an_error_while_publishing_a_batch_loses_that_batch_only() -> None:
+    """A stage that raises while a batch is published (here the tracker, on frame 3) costs that
+    batch; the publisher goes on with the next ones instead of stopping the pipeline."""
+    counts = {"a": StreamCounts()}
+    messages = run([[frame("a", i)] for i in range(8)], FailingTrackers(TrackingConfig(), capture_time),
+                   PipelineStats(), counts)
+    assert [m["frame"] for m in messages] == [0, 1, 2, 4, 5, 6, 7]
