@@ -349,8 +349,8 @@ def grown_boxes(boxes: npt.NDArray[np.float32], scale: float) -> tuple[npt.NDArr
     s = np.float32(scale)
     half = np.float32(0.5)
     big = np.float32(np.finfo(np.float32).max)
+    b = np.empty(4, np.float32)  # one box's coordinates, NaN and ±inf replaced
     for i in range(k):
-        b = np.empty(4, np.float32)
         finite = True
         for j in range(4):
             v = boxes[i, j]
