@@ -33,13 +33,15 @@ pastes it with PyTorch itself — 3.0–3.2 % of realistic instances at threshol
 the band alone; :func:`streamer.replay.synthetic_detections`, 30 frames of 20 and of 100). The
 tests compare every decided pixel with PyTorch, with thresholds placed inside the band.
 
-**Two traversals.** A box lower than :data:`TALL` × ``(M + 2)`` rows is pasted along its rows
-(:func:`_paste_rows`: every source row interpolated along x once, then a branch-free loop the
-compiler vectorizes), then its runs are read off (:func:`engines.rle_kernels.mask_runs`). A
-taller one is pasted down its columns, COCO's order (:func:`_paste_columns`): between two source
-rows the value is a convex combination of theirs, so a segment whose two ends lie on the same
-side of the band is decided whole, only segments that straddle it are computed per pixel, and
-the runs come out as it goes. Both give the same decisions.
+**Down the columns, in blocks.** Each box is pasted one frame column at a time, top to bottom:
+COCO's order, so the runs come out as the pixels are decided (:func:`_paste_columns`). Between two
+source rows and two source columns every bilinear value is a convex combination of the four
+corner values: a *block* whose corners all lie on one side of the band is decided whole, for all
+the frame columns between those two source columns at once. Only the rows of a block that
+straddles the band are looked at: each row's values at the two source columns (interpolated
+along y once per block) bound the row across those columns, so most of its rows are decided for
+the whole group of columns too, and only the rows whose two values straddle the band are
+computed per pixel. A column is then a handful of runs and a few pixels near the mask's edge.
 """
 
 from __future__ import annotations
@@ -49,13 +51,10 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from engines.rle_kernels import coco_rle_string, compiled, end_column, mask_runs, most_runs
+from engines.rle_kernels import coco_rle_string, compiled, end_column, most_runs
 
 BAND = 8.0e-6
 """Half-width of the band around the threshold in which a pixel needs a closer look (see above)."""
-TALL = 3
-"""A box at least this many source rows high (``TALL * (M + 2)`` pixels) is pasted down its
-columns, where whole segments are decided at once; a lower one along its rows."""
 BLOCK_MARGIN = 1.0e-9
 """How far beyond the band a block's four corners must lie to decide the block whole: the float64
 rounding of a convex combination of them (≲ 1e-16) cannot bring one of its values back."""
@@ -100,89 +99,17 @@ def paste_box(src: npt.NDArray[np.float32], x1: int, y1: int, x2: int, y2: int, 
     (``x2``/``y2`` inclusive, may reach outside the frame), ``[y0:ye, x0:xe]`` the pixels of the
     ``height × width`` frame it covers (``engines.masks``' visible window); ``threshold`` the
     float32 threshold as a float. Returns ``(mask, area, uncertain, counts)``: ``bool[ye-y0, xe-x0]``
-    (row- or column-major, see :func:`_paste_into`), its foreground count, whether some pixel
+    (column-major: the transpose of a C-ordered ``[w, h]`` array), its foreground count, whether some pixel
     stayed undecided — within :data:`BAND` of the threshold and within its own bound too (then
     neither ``mask`` nor ``counts`` is to be used) — and the uncompressed COCO RLE counts of the
     mask in the frame (what :func:`box_rle_counts` gives for ``mask``).
     """
     h, w = max(ye - y0, 0), max(xe - x0, 0)
-    buf = np.zeros(h * w, np.bool_)
+    mask_t = np.zeros((w, h), np.bool_)
     counts = np.empty(most_runs(h, w), np.int64)
-    area, uncertain, runs, column_major = _paste_into(buf, src, x1, y1, x2, y2, x0, y0, h, w, threshold,
-                                                      height, width, counts)
-    mask = buf.reshape((w, h)).T if column_major else buf.reshape((h, w))
-    return mask, area, uncertain, counts[:runs].copy()
-
-
-@compiled
-def _paste_into(buf: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], x1: int, y1: int, x2: int, y2: int,
-                x0: int, y0: int, h: int, w: int, threshold: float, height: int, width: int,
-                counts: npt.NDArray[np.int64], pixels: bool = True) -> tuple[int, bool, int, bool]:
-    """Paste one instance into ``buf`` (``bool[h * w]``, zeroed) and its runs into ``counts``
-    (room for :func:`most_runs`): ``(area, uncertain, runs, column_major)``.
-
-    A box at least :data:`TALL` × ``(M + 2)`` rows high is pasted down its columns (:func:`_paste_columns`:
-    whole segments between two source rows decided at once, runs as it goes), a lower one along
-    its rows (:func:`_paste_rows`, vectorized; then :func:`mask_runs`). ``column_major`` says
-    which: the mask is ``buf.reshape(w, h).T``, else ``buf.reshape(h, w)``. With ``pixels``
-    False only the runs are wanted: the column path then leaves ``buf`` alone (the row path
-    still uses it, as scratch).
-    """
-    if _down_columns(h, src.shape[0]):
-        area, uncertain, runs = _paste_columns(buf.reshape((w, h)) if pixels else buf[:0].reshape((0, 0)), src,
-                                               x1, y1, x2, y2, x0, y0, h, w, threshold, height, width, counts)
-        return area, uncertain, runs, True
-    mask = buf.reshape((h, w))
-    area, uncertain = _paste_rows(mask, src, x1, y1, x2, y2, x0, y0, threshold)
-    runs = 0 if uncertain else mask_runs(mask, x0, y0, height, width, counts)
-    return area, uncertain, runs, False
-
-
-@compiled
-def _paste_rows(mask: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], x1: int, y1: int, x2: int, y2: int,
-                x0: int, y0: int, threshold: float) -> tuple[int, bool]:
-    """:func:`paste_box` into ``mask`` (``bool[h, w]``) a frame row at a time: every source row
-    interpolated along x once, then each pixel between two of them (the loop the compiler
-    vectorizes). Returns ``(area, uncertain)``."""
-    hc, wc = mask.shape
-    if hc == 0 or wc == 0:
-        return 0, False
-    n = src.shape[0]
-    nx, ny = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)  # the size the whole grown box is resized to
-    xi0, xi1, xl = _axis(n, nx, x0 - x1, x0 - x1 + wc)
-    yi0, yi1, yl = _axis(n, ny, y0 - y1, y0 - y1 + hc)
-    rows = np.empty((n, wc), np.float64)  # every source row interpolated along x
-    for r in range(n):
-        for c in range(wc):
-            rows[r, c] = src[r, xi0[c]] * (1.0 - xl[c]) + src[r, xi1[c]] * xl[c]
-    hi, lo = _band_edges(threshold, n)
-    area = 0
-    in_band = 0
-    for rr in range(hc):
-        a, b, lb = yi0[rr], yi1[rr], yl[rr]
-        la = 1.0 - lb
-        for c in range(wc):  # branch-free, so that the compiler vectorizes along the row
-            v = rows[a, c] * la + rows[b, c] * lb
-            fg = v > hi
-            mask[rr, c] = fg
-            area += fg
-            in_band += (v >= lo) & (not fg)
-    if in_band == 0:
-        return area, False
-    for rr in range(hc):  # some pixel lies within the band: decide it by its own bound
-        a, b, lb = yi0[rr], yi1[rr], yl[rr]
-        for c in range(wc):
-            v = rows[a, c] * (1.0 - lb) + rows[b, c] * lb
-            if v < lo or v > hi:
-                continue
-            dx = max(abs(src[a, xi1[c]] - src[a, xi0[c]]), abs(src[b, xi1[c]] - src[b, xi0[c]]))
-            decided = _band_pixel(v, threshold, n, nx, x0 - x1 + c, dx, ny, y0 - y1 + rr, abs(rows[b, c] - rows[a, c]))
-            if decided < 0:
-                return area, True
-            if decided == 1:
-                mask[rr, c] = True
-                area += 1
-    return area, False
+    area, uncertain, runs = _paste_columns(mask_t, src, x1, y1, x2, y2, x0, y0, h, w, threshold, height, width,
+                                           counts)
+    return mask_t.T, area, uncertain, counts[:runs].copy()
 
 
 @compiled
@@ -212,9 +139,11 @@ def _paste_columns(mask_t: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], 
     rounding of the combination) is foreground whole, one whose corners all lie below it
     background. The columns between the same two source columns share their blocks, so their
     blocks are classified once, and consecutive decided blocks of the same side are merged into
-    one run of rows: a column is then a handful of runs. Only the blocks that straddle the band
-    are computed per column (the values at their two source rows, as a *segment*: decided whole
-    when both ends lie on one side of the band, else pixel by pixel).
+    one run of rows: a column is then a handful of runs. A block that straddles the band is
+    split into its rows: a row's values at the two source columns (``col_a``, ``col_b``) bound
+    it across the group's columns in the same way, so a row beyond the band on one side is
+    decided for the whole group, and only the rows whose two values straddle the band are
+    computed per column, pixel by pixel.
     """
     pixels = mask_t.shape[0] > 0
     nowhere = np.zeros(0, np.bool_)  # the column written to when no pixels are wanted: none
@@ -234,12 +163,14 @@ def _paste_columns(mask_t: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], 
             nseg += 1
     seg[nseg] = hc
     hi, lo = _band_edges(threshold, n)
-    # the runs of one group of columns: rows item_start..item_stop-1, kind 0/1 (background/
-    # foreground whole) or 2 (the block of segment item_seg, computed per column)
-    item_start = np.empty(nseg, np.int64)
-    item_stop = np.empty(nseg, np.int64)
-    item_kind = np.empty(nseg, np.int64)
-    item_seg = np.empty(nseg, np.int64)
+    # the runs of one group of columns: rows item_start..item_stop-1 of kind 0/1 (background/
+    # foreground whole) or 2 (rows computed per column, from their values at the group's two
+    # source columns: col_a, col_b)
+    item_start = np.empty(hc, np.int64)
+    item_stop = np.empty(hc, np.int64)
+    item_kind = np.empty(hc, np.int64)
+    col_a = np.empty(hc, np.float64)
+    col_b = np.empty(hc, np.float64)
     area = 0
     runs, last, prev = 0, 0, False
     c = 0
@@ -250,52 +181,56 @@ def _paste_columns(mask_t: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], 
             group_end += 1
         items = 0
         for s in range(nseg):
-            ia, ib = yi0[seg[s]], yi1[seg[s]]
+            r0, r1 = seg[s], seg[s + 1]
+            ia, ib = yi0[r0], yi1[r0]
             v00, v01, v10, v11 = float(src[ia, a0]), float(src[ia, a1]), float(src[ib, a0]), float(src[ib, a1])
             if min(min(v00, v01), min(v10, v11)) > hi + BLOCK_MARGIN:
-                kind = 1
+                items = _add_item(item_start, item_stop, item_kind, items, r0, r1, 1)
             elif max(max(v00, v01), max(v10, v11)) < lo - BLOCK_MARGIN:
-                kind = 0
-            else:
-                kind = 2
-            if kind < 2 and items > 0 and item_kind[items - 1] == kind:
-                item_stop[items - 1] = seg[s + 1]
-                continue
-            item_start[items], item_stop[items], item_kind[items], item_seg[items] = seg[s], seg[s + 1], kind, s
-            items += 1
+                items = _add_item(item_start, item_stop, item_kind, items, r0, r1, 0)
+            else:  # the block straddles the band: each of its rows, between its two source columns
+                for rr in range(r0, r1):
+                    lb = yl[rr]
+                    va = v00 * (1.0 - lb) + v10 * lb
+                    vb = v01 * (1.0 - lb) + v11 * lb
+                    col_a[rr], col_b[rr] = va, vb
+                    if min(va, vb) > hi + BLOCK_MARGIN:
+                        kind = 1
+                    elif max(va, vb) < lo - BLOCK_MARGIN:
+                        kind = 0
+                    else:
+                        kind = 2
+                    items = _add_item(item_start, item_stop, item_kind, items, rr, rr + 1, kind)
         for cc in range(c, group_end):
             lx = xl[cc]
             out = mask_t[cc] if pixels else nowhere
             base = (x0 + cc) * height + y0  # frame index (column-major) of the column's first pixel
             for it in range(items):
                 s0, s1, kind = item_start[it], item_stop[it], item_kind[it]
-                fg = kind == 1  # kind 0 or 1: a run of blocks decided whole
-                if kind == 2:
-                    ia, ib = yi0[s0], yi1[s0]
-                    ra = src[ia, a0] * (1.0 - lx) + src[ia, a1] * lx
-                    rb = src[ib, a0] * (1.0 - lx) + src[ib, a1] * lx
-                    fg = ra > hi  # when the whole segment lies on one side of the band
-                    if min(ra, rb) <= hi and max(ra, rb) >= lo:  # it straddles the band: pixel by pixel
-                        for rr in range(s0, s1):
-                            lb = yl[rr]
-                            v = ra * (1.0 - lb) + rb * lb
-                            fg = v > hi
-                            if not fg and v >= lo:  # inside the band: bound PyTorch's deviation at this pixel alone
-                                dx = max(abs(src[ia, a1] - src[ia, a0]), abs(src[ib, a1] - src[ib, a0]))
-                                decided = _band_pixel(v, threshold, n, nx, x0 - x1 + cc, dx, ny, y0 - y1 + rr,
-                                                      abs(rb - ra))
-                                if decided < 0:
-                                    return area, True, 0
-                                fg = decided == 1
-                            if fg:
-                                if pixels:
-                                    out[rr] = True
-                                area += 1
-                            if fg != prev:
-                                counts[runs] = base + rr - last
-                                runs, last, prev = runs + 1, base + rr, fg
-                        continue
-                if fg:  # rows s0..s1-1 all foreground or all background
+                if kind == 2:  # rows whose value straddles the band somewhere in the group: per pixel
+                    for rr in range(s0, s1):
+                        v = col_a[rr] * (1.0 - lx) + col_b[rr] * lx
+                        fg = v > hi
+                        if not fg and v >= lo:  # inside the band: bound PyTorch's deviation at this pixel alone
+                            ia, ib = yi0[rr], yi1[rr]
+                            ra = src[ia, a0] * (1.0 - lx) + src[ia, a1] * lx
+                            rb = src[ib, a0] * (1.0 - lx) + src[ib, a1] * lx
+                            dx = max(abs(src[ia, a1] - src[ia, a0]), abs(src[ib, a1] - src[ib, a0]))
+                            decided = _band_pixel(v, threshold, n, nx, x0 - x1 + cc, dx, ny, y0 - y1 + rr,
+                                                  abs(rb - ra))
+                            if decided < 0:
+                                return area, True, 0
+                            fg = decided == 1
+                        if fg:
+                            if pixels:
+                                out[rr] = True
+                            area += 1
+                        if fg != prev:
+                            counts[runs] = base + rr - last
+                            runs, last, prev = runs + 1, base + rr, fg
+                    continue
+                fg = kind == 1  # rows s0..s1-1 all foreground or all background
+                if fg:
                     if pixels:
                         out[s0:s1] = True
                     area += s1 - s0
@@ -306,6 +241,18 @@ def _paste_columns(mask_t: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], 
         c = group_end
     counts[runs] = total - last
     return area, False, runs + 1
+
+
+@compiled
+def _add_item(start: npt.NDArray[np.int64], stop: npt.NDArray[np.int64], kind: npt.NDArray[np.int64], items: int,
+              r0: int, r1: int, k: int) -> int:
+    """Rows ``r0..r1-1`` of kind ``k`` appended to a group's items (merged into the last one when
+    it has the same kind and ends at ``r0``); the new item count."""
+    if items > 0 and kind[items - 1] == k:
+        stop[items - 1] = r1
+        return items
+    start[items], stop[items], kind[items] = r0, r1, k
+    return items + 1
 
 
 @compiled
@@ -400,12 +347,6 @@ def _append(buf: npt.NDArray[np.generic], used: int, values: npt.NDArray[np.gene
 
 
 @compiled
-def _down_columns(h: int, n: int) -> bool:
-    """Whether a window ``h`` rows high of a padded mask of side ``n`` is pasted down its columns."""
-    return h >= TALL * n
-
-
-@compiled
 def paste_frame(padded: npt.NDArray[np.float32], grown: npt.NDArray[np.int64], sound: npt.NDArray[np.bool_],
                 height: int, width: int, threshold: float,
                 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.uint8],
@@ -420,22 +361,19 @@ def paste_frame(padded: npt.NDArray[np.float32], grown: npt.NDArray[np.int64], s
     counts uncompressed, ``runs[run_offsets[i]:run_offsets[i+1]]`` (run lengths, zeros first,
     over the column-major frame), from which its pixels can be had when wanted
     (:func:`engines.rle_kernels.runs_to_box`). An uncertain instance has neither (the caller
-    pastes it again). Boxes pasted down their columns write no pixel at all; those pasted along
-    their rows use one scratch buffer for theirs.
+    pastes it again). No pixel is written.
     """
-    k, n = padded.shape[0], padded.shape[1]
+    k = padded.shape[0]
     windows = np.zeros((k, 4), np.int64)
-    most, scratch_cells = 1, 0
+    most = 1
     for i in range(k):
         x0, xe, y0, ye = visible(grown[i, 0], grown[i, 1], grown[i, 2], grown[i, 3], height, width)
         windows[i, 0], windows[i, 1] = x0, y0
         if sound[i] and xe > x0 and ye > y0:
             windows[i, 2], windows[i, 3] = ye - y0, xe - x0
         most = max(most, most_runs(windows[i, 2], windows[i, 3]))
-        if not _down_columns(windows[i, 2], n):
-            scratch_cells = max(scratch_cells, windows[i, 2] * windows[i, 3])
     counts = np.empty(most, np.int64)
-    scratch = np.empty(scratch_cells, np.bool_)
+    no_pixels = np.zeros((0, 0), np.bool_)
     areas = np.zeros(k, np.int64)
     uncertain = np.zeros(k, np.bool_)
     text = np.empty(64 * k + 16, np.uint8)
@@ -444,10 +382,8 @@ def paste_frame(padded: npt.NDArray[np.float32], grown: npt.NDArray[np.int64], s
     run_offsets = np.zeros(k + 1, np.int64)
     for i in range(k):
         h, w = windows[i, 2], windows[i, 3]
-        buf = scratch[:0] if _down_columns(h, n) else scratch[:h * w]  # the row path sets every cell
-        area, unsure, runs, _ = _paste_into(buf, padded[i], grown[i, 0], grown[i, 1], grown[i, 2], grown[i, 3],
-                                            windows[i, 0], windows[i, 1], h, w, threshold, height, width, counts,
-                                            False)
+        area, unsure, runs = _paste_columns(no_pixels, padded[i], grown[i, 0], grown[i, 1], grown[i, 2], grown[i, 3],
+                                            windows[i, 0], windows[i, 1], h, w, threshold, height, width, counts)
         areas[i], uncertain[i] = area, unsure
         chars = coco_rle_string(counts[:runs])
         text = _append(text, text_offsets[i], chars)
