@@ -42,7 +42,8 @@ def test_bench_pipeline_reports_every_figure(tmp_path: Path) -> None:
     beyond = r["cpu_beyond_decode"]
     parts = sum(ms for part, ms in beyond.items() if part != "total")
     assert abs(parts - beyond["total"]) < 1e-9 and beyond["postprocess"] == stages["postprocess"]
-    assert r["postprocess"][0]["instances"] == 5 and r["postprocess"][0]["ms"] > 0
+    post = r["postprocess"][0]
+    assert post["instances"] == 5 and post["ms"] > 0 and post["cold_ms"] > 0
 
 
 def test_bench_pipeline_without_tracking_spends_nothing_on_it(tmp_path: Path) -> None:
