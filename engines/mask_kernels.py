@@ -184,23 +184,16 @@ def _paste_columns(mask_t: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], 
             r0, r1 = seg[s], seg[s + 1]
             ia, ib = yi0[r0], yi1[r0]
             v00, v01, v10, v11 = float(src[ia, a0]), float(src[ia, a1]), float(src[ib, a0]), float(src[ib, a1])
-            if min(min(v00, v01), min(v10, v11)) > hi + BLOCK_MARGIN:
-                items = _add_item(item_start, item_stop, item_kind, items, r0, r1, 1)
-            elif max(max(v00, v01), max(v10, v11)) < lo - BLOCK_MARGIN:
-                items = _add_item(item_start, item_stop, item_kind, items, r0, r1, 0)
-            else:  # the block straddles the band: each of its rows, between its two source columns
-                for rr in range(r0, r1):
-                    lb = yl[rr]
-                    va = v00 * (1.0 - lb) + v10 * lb
-                    vb = v01 * (1.0 - lb) + v11 * lb
-                    col_a[rr], col_b[rr] = va, vb
-                    if min(va, vb) > hi + BLOCK_MARGIN:
-                        kind = 1
-                    elif max(va, vb) < lo - BLOCK_MARGIN:
-                        kind = 0
-                    else:
-                        kind = 2
-                    items = _add_item(item_start, item_stop, item_kind, items, rr, rr + 1, kind)
+            kind = _side(min(min(v00, v01), min(v10, v11)), max(max(v00, v01), max(v10, v11)), hi, lo)
+            if kind < 2:
+                items = _add_item(item_start, item_stop, item_kind, items, r0, r1, kind)
+                continue
+            for rr in range(r0, r1):  # the block straddles the band: each of its rows, between its two source columns
+                lb = yl[rr]
+                va = v00 * (1.0 - lb) + v10 * lb
+                vb = v01 * (1.0 - lb) + v11 * lb
+                col_a[rr], col_b[rr] = va, vb
+                items = _add_item(item_start, item_stop, item_kind, items, rr, rr + 1, _side(min(va, vb), max(va, vb), hi, lo))
         for cc in range(c, group_end):
             lx = xl[cc]
             out = mask_t[cc] if pixels else nowhere
@@ -241,6 +234,19 @@ def _paste_columns(mask_t: npt.NDArray[np.bool_], src: npt.NDArray[np.float32], 
         c = group_end
     counts[runs] = total - last
     return area, False, runs + 1
+
+
+@compiled
+def _side(smallest: float, largest: float, hi: float, lo: float) -> int:
+    """Where values that are convex combinations of some corner values, ``smallest`` and
+    ``largest`` the least and greatest of them, lie: 1 all above the band (``hi``), 0 all below it
+    (``lo``), by :data:`BLOCK_MARGIN` for the float64 rounding of the combination; 2 otherwise
+    (some may lie in or across the band)."""
+    if smallest > hi + BLOCK_MARGIN:
+        return 1
+    if largest < lo - BLOCK_MARGIN:
+        return 0
+    return 2
 
 
 @compiled
