@@ -56,7 +56,7 @@ from streamer.metrics import PipelineStats, StreamerCollector
 from streamer.sdnotify import Notifier, WatchdogPinger, pipeline_alive, watchdog_period
 from streamer.sinks import Sink, create_sink
 from streamer.sources import SourceWorker
-from streamer.stats import DropReason, StreamCounts, StreamState
+from streamer.stats import DropReason, StreamCounts
 
 if TYPE_CHECKING:
     from streamer.tracking_pipeline import StreamTrackers
@@ -211,7 +211,7 @@ class Daemon:
                 next_status = now + self.cfg.systemd.status_interval_s
             if self._pinger is not None:
                 self._pinger.tick(now, self._pipeline_alive, self._worker_last_completed)
-            if self.streams and all(s.worker.state in ("ended", "failed") for s in self.streams.values()):
+            if self.streams and all(s.queue.closed for s in self.streams.values()):  # end sentinels arrived
                 failed = sorted(n for n, s in self.streams.items() if s.worker.state == "failed")
                 log.info("every source has ended%s", f" (failed: {', '.join(failed)})" if failed else "")
                 return 1 if failed else 0
@@ -272,8 +272,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         queue = self._batcher.new_queue(cfg.name, cfg.drops_frames)
         stop = threading.Event()
+        queue.listen(lambda: self._on_queue_event(queue))
         worker = SourceWorker(cfg, LoopHandoff(loop, queue, stop), counts=counts, cpu=self.pipeline.cpu,
-                              start_index=start_index, on_state=lambda _, state: self._on_stream_state(loop, state))
+                              start_index=start_index)
         self.streams[cfg.name] = Stream(cfg, queue, worker)
         self.collector.watch_stream(cfg.name, worker)
         self.collector.watch_queue(f"stream:{cfg.name}", queue.__len__)
@@ -396,12 +397,15 @@ class Daemon:
         self._stop_requested = True
         self._wake.set()
 
-    def _on_stream_state(self, loop: asyncio.AbstractEventLoop, state: StreamState) -> None:
-        """On a decode thread: a stream that ended or failed wakes the supervision tick at once
-        (the last one to end starts draining now, not up to a tick later)."""
-        if state in ("ended", "failed"):
-            with contextlib.suppress(RuntimeError):  # the loop has already closed
-                loop.call_soon_threadsafe(self._wake.set)
+    def _on_queue_event(self, queue: StreamQueue) -> None:
+        """On the loop, for each frame and for the end-of-stream sentinel of a stream's queue: the
+        sentinel wakes the supervision tick at once (the last stream to end starts draining now, not
+        up to a tick later). The sentinel crosses after the stream's last frame, so every frame is
+        queued by then; the worker's own ``state`` turns ``ended`` on its thread, before its last
+        frames may have reached the loop, and must not start draining (their frames would be
+        dropped as ``shutdown``)."""
+        if queue.closed:
+            self._wake.set()
 
     def _on_reload_signal(self) -> None:
         self._reload_requested = True

@@ -166,12 +166,26 @@ def test_status_line_and_metrics_read_the_same_counters(tmp_path: Path) -> None:
 def test_the_last_source_to_end_starts_draining_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     """The end of the last stream wakes the supervision tick: with the tick made 60 s long, the
-    daemon still notices within a fraction of a second (it used to wait for the next tick)."""
+    daemon still notices within a fraction of a second (it used to wait for the next tick).
+
+    The decode thread is made to outrun the loop: the first tick begins only once the thread has
+    ended, with no yield between, so its frames are still on their way to the loop when the tick
+    looks. Draining must wait for them, not for the thread's state (it once did: in CI, under
+    load, all 4 frames were dropped)."""
     from streamer.replay import ReplayRunner
 
+    running = Daemon._running
+
+    async def running_after_the_threads_end(daemon: Daemon) -> int:
+        for stream in daemon.streams.values():
+            assert stream.worker.join(10)
+        return await running(daemon)
+
     monkeypatch.setattr("streamer.daemon.TICK_S", 60.0)
+    monkeypatch.setattr(Daemon, "_running", running_after_the_threads_end)
     clip = encode_video(tmp_path / "clip.mp4", frames=4)
     cfg = StreamerConfig.model_validate({
+        "batching": {"queue_size": 8},
         "sources": [{"name": "clip", "url": str(clip), "realtime": False}],
         "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
         "metrics": {"enabled": False}})
