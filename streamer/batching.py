@@ -5,7 +5,9 @@ loop. Live streams never wait: a full queue drops its OLDEST frame (reason ``que
 File streams never drop: the decode thread waits until the queue has room (a permit of the
 queue's :attr:`StreamQueue.room`, taken before a frame is handed over and given back when a frame
 leaves the queue). Decode threads hand frames over with :class:`LoopHandoff`, the one
-thread→loop crossing.
+thread→loop crossing, through the batcher's :class:`Inbox`, which wakes the loop only when the
+batcher waits for that many frames (a wake costs the loop ~40 µs of CPU here, more than taking a
+frame: docs/performance.md §7).
 
 :class:`Batcher` takes frames round-robin — one frame per stream per round, starting after the
 stream served last — so that no stream gets more than its share while others wait. A batch
@@ -49,6 +51,9 @@ class StreamQueue:
         self._frames: deque[Frame] = deque()
         self._on_drop = on_drop
         self._listeners: list[Callable[[], None]] = []
+        self.inbox = Inbox()
+        """Where decode threads leave this queue's frames (:class:`LoopHandoff`): the batcher's
+        shared one (:meth:`Batcher.new_queue`), else one of its own that wakes the loop per frame."""
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -98,14 +103,73 @@ ROOM_POLL_S = 0.1
 """How often a decode thread waiting for room in a file queue checks its stop flag."""
 
 
+class Inbox:
+    """Frames on their way from decode threads to their queues on the event loop.
+
+    A decode thread appends ``(queue, frame)`` (``frame`` None: the stream's end-of-stream
+    sentinel) and wakes the loop (one ``call_soon_threadsafe``) only when the loop needs it: at
+    an end of stream, when the ``want`` frames the batcher waits for have arrived, or when ``hold``
+    frames wait while nobody waits (inference busy: live queues still drop their oldest frame
+    soon, and no more than ``hold`` frames wait here). The loop takes everything at once
+    (:meth:`deliver`), in arrival order, so a stream's frames and its sentinel keep their order.
+    ``Inbox()`` wakes the loop for every frame.
+    """
+
+    def __init__(self, hold: int = 1) -> None:
+        self.hold = max(1, hold)
+        self._want = self.hold
+        self._items: list[tuple[StreamQueue, Frame | None]] = []
+        self._scheduled = False
+        """A :meth:`deliver` is on its way to the loop: later arrivals ride with it."""
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, loop: asyncio.AbstractEventLoop, queue: StreamQueue, frame: Frame | None) -> None:
+        """Any thread: leave ``frame`` for ``queue`` (None: the end of its stream). RuntimeError
+        if ``loop`` is closed."""
+        with self._lock:
+            self._items.append((queue, frame))
+            if self._scheduled or (frame is not None and len(self._items) < self._want):
+                return
+            self._scheduled = True
+        try:
+            loop.call_soon_threadsafe(self.deliver)
+        except RuntimeError:
+            with self._lock:
+                self._scheduled = False
+            raise
+
+    def deliver(self) -> None:
+        """On the loop: offer every waiting frame to its queue and close the ended ones."""
+        with self._lock:
+            items, self._items = self._items, []
+            self._scheduled = False
+        for queue, frame in items:
+            if frame is None:
+                queue.close()
+            else:
+                queue.offer(frame)
+
+    def want(self, frames: int | None) -> None:
+        """On the loop: wake it once ``frames`` frames wait (None: nobody waits; ``hold`` do)."""
+        with self._lock:
+            self._want = self.hold if frames is None else max(1, frames)
+            due = len(self._items) >= self._want and not self._scheduled
+            self._scheduled = self._scheduled or due
+        if due:
+            asyncio.get_running_loop().call_soon(self.deliver)
+
+
 class LoopHandoff:
     """Hands frames from a decode thread to the stream's queue on the event loop.
 
     Live streams never wait (the queue drops its oldest frame when full); file streams wait for
     a permit of the queue's :attr:`~StreamQueue.room`, polling ``stop`` every
     :data:`ROOM_POLL_S` so that a stopped worker never hangs on a full queue. Either way the
-    frame then crosses with one ``call_soon_threadsafe``, and the decode thread goes on decoding
-    while the loop appends it (no coroutine, task or future per frame).
+    frame then goes into the queue's :class:`Inbox`, and the decode thread goes on decoding
+    (no coroutine, task or future per frame; the loop is woken when the batcher needs frames).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, queue: StreamQueue, stop: threading.Event) -> None:
@@ -119,7 +183,7 @@ class LoopHandoff:
                 if self.stop.is_set():
                     return False
         try:
-            self.loop.call_soon_threadsafe(self.queue.offer, frame)
+            self.queue.inbox.put(self.loop, self.queue, frame)
         except RuntimeError:  # loop closed: the daemon is gone
             return False
         return not self.stop.is_set()
@@ -127,7 +191,7 @@ class LoopHandoff:
     def end(self) -> None:
         """End-of-stream sentinel: the queue closes once its frames are taken."""
         with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.queue.close)
+            self.queue.inbox.put(self.loop, self.queue, None)
 
 
 def take_fair(
@@ -172,6 +236,8 @@ class Batcher:
         self.closing = False
         """Set by :meth:`close`: ``next_batch`` returns None once every queue is empty."""
         self._on_drop = on_drop
+        self.inbox = Inbox(hold=cfg.max_batch_size)
+        """The frames of every queue on their way from the decode threads."""
         self._start = 0
         self._waiter: asyncio.Future[bool] | None = None
         """What ``next_batch`` awaits while it waits for a change (one future per wait, no task)."""
@@ -179,6 +245,7 @@ class Batcher:
     def new_queue(self, name: str, drops: bool) -> StreamQueue:
         """Register (or replace) the queue of stream ``name``."""
         queue = StreamQueue(name, self.cfg.queue_size, drops, self._on_drop)
+        queue.inbox = self.inbox
         queue.listen(self._on_change)
         self.queues[name] = queue
         self._on_change()
@@ -188,37 +255,43 @@ class Batcher:
         """Unregister a stream; its queued frames are dropped (``shutdown``)."""
         queue = self.queues.pop(name, None)
         if queue is not None:
+            self.inbox.deliver()
             queue.close()
             while len(queue):
                 self._on_drop(queue.pop(), "shutdown")
 
     def pending(self) -> int:
-        """Frames queued across all streams."""
-        return sum(len(q) for q in self.queues.values())
+        """Frames queued across all streams, and those on their way (:attr:`inbox`)."""
+        return sum(len(q) for q in self.queues.values()) + len(self.inbox)
 
     def close(self) -> None:
         """Draining: close every queue; batches continue until the queued frames are taken."""
         self.closing = True
+        self.inbox.deliver()  # decoded frames are queued, not dropped: draining publishes them
         for queue in self.queues.values():
             queue.close()
         self._on_change()
 
     async def next_batch(self) -> list[Frame] | None:
         """The next batch (1..max_batch_size frames of one size); None once closed and empty."""
+        most = self.cfg.max_batch_size
         while True:
-            batch = self._take(self.cfg.max_batch_size, None)
+            self.inbox.deliver()
+            batch = self._take(most, None)
             if batch:
                 break
             if self.closing and all(q.finished for q in self.queues.values()):
                 return None
-            await self._wait_changed(None)
+            await self._wait_changed(None, 1)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.max_wait_s
-        while len(batch) < self.cfg.max_batch_size and not self.closing:
+        while len(batch) < most and not self.closing:
             remaining = deadline - loop.time()
-            if remaining <= 0 or not await self._wait_changed(remaining):
+            changed = remaining > 0 and await self._wait_changed(remaining, most - len(batch))
+            self.inbox.deliver()  # also the frames that came too few to wake the loop
+            batch += self._take(most - len(batch), batch[0].size)
+            if not changed:
                 break
-            batch += self._take(self.cfg.max_batch_size - len(batch), batch[0].size)
         return batch
 
     def _take(self, max_frames: int, size: tuple[int, int] | None) -> list[Frame]:
@@ -239,15 +312,18 @@ class Batcher:
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
 
-    async def _wait_changed(self, timeout: float | None) -> bool:
-        """Wait for the next queue change; False on timeout. (``next_batch`` looks at the queues
-        and waits in one step of the loop, so no change can fall between the two.)"""
+    async def _wait_changed(self, timeout: float | None, frames: int) -> bool:
+        """Wait for the next queue change, waking for ``frames`` arrivals at the latest; False on
+        timeout. (``next_batch`` looks at the queues and waits in one step of the loop, so no
+        change can fall between the two.)"""
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         expiry = None if timeout is None else loop.call_later(timeout, _expire, waiter)
+        self.inbox.want(frames)
         try:
             changed = await waiter
         finally:
+            self.inbox.want(None)
             self._waiter = None
             if expiry is not None:
                 expiry.cancel()

@@ -64,6 +64,56 @@ def _deliver_from_a_thread(handoff: LoopHandoff, frames: list[Frame]) -> tuple[t
     return thread, returned
 
 
+def test_the_loop_is_woken_when_the_batcher_needs_frames_not_for_every_frame() -> None:
+    """Decode threads wake the loop (``call_soon_threadsafe``) only when the batcher waits for
+    that many frames, at an end of stream, or when ``max_batch_size`` frames wait unseen: 9 frames
+    and an end of stream cost 4 wakes, not 10 (a wake costs the loop more than a frame does)."""
+    drops = Drops()
+
+    async def run() -> tuple[int, list[int], list[int], bool]:
+        loop = asyncio.get_running_loop()
+        wakes = 0
+        crossing = loop.call_soon_threadsafe
+
+        def counted(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal wakes
+            wakes += callback == batcher.inbox.deliver  # not asyncio.to_thread's own crossings
+            return crossing(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        batcher = Batcher(BatchingConfig(max_batch_size=4, max_wait_s=5.0, queue_size=16), drops)
+        queue = batcher.new_queue("cam", drops=False)
+        handoff = LoopHandoff(loop, queue, threading.Event())
+        frames = [frame("cam", i) for i in range(9)]
+
+        async def from_thread(chunk: list[Frame]) -> None:
+            thread, returned = _deliver_from_a_thread(handoff, chunk)
+            await asyncio.to_thread(thread.join, 5)
+            assert returned == [True] * len(chunk)
+
+        taking = asyncio.ensure_future(batcher.next_batch())
+        await asyncio.sleep(0.05)  # the batcher waits for a first frame
+        await from_thread(frames[:1])  # wakes the waiting batcher, which takes it and waits for 3
+        await asyncio.sleep(0.05)
+        await from_thread(frames[1:4])  # one wake, at the third
+        first = await asyncio.wait_for(taking, 2)  # long before max_wait_s
+        before = wakes
+        await from_thread(frames[4:8])  # nobody waits: one wake, at the 4th (the inbox's hold)
+        await asyncio.sleep(0.05)
+        held_woke = wakes - before
+        await from_thread(frames[8:])  # held
+        handoff.end()  # an end of stream always wakes; it closes the queue after that frame
+        await asyncio.sleep(0.05)
+        assert (held_woke, len(queue), queue.closed) == (1, 5, True)
+        batcher.close()
+        second, third = await batcher.next_batch(), await batcher.next_batch()
+        return wakes, [f.index for f in first or []], [f.index for f in (second or []) + (third or [])], queue.finished
+
+    wakes, first, rest, closed = asyncio.run(run())
+    assert (wakes, first, rest, closed) == (4, [0, 1, 2, 3], [4, 5, 6, 7, 8], True)
+    assert drops.items == []
+
+
 def test_file_queue_handoff_waits_for_room_and_never_drops() -> None:
     """A decode thread handing 3 frames to a file queue of 2 waits after the second until the
     loop takes one; nothing is dropped and the order holds."""
