@@ -268,6 +268,8 @@ class Batcher:
         """Draining: close every queue; batches continue until the queued frames are taken."""
         self.closing = True
         self.inbox.deliver()  # decoded frames are queued, not dropped: draining publishes them
+        self.inbox.hold = 1  # a frame decoded from now on reaches its closed queue at once, and is
+        self.inbox.want(None)  # counted there as dropped ("shutdown") instead of staying here
         for queue in self.queues.values():
             queue.close()
         self._on_change()

@@ -114,6 +114,24 @@ def test_the_loop_is_woken_when_the_batcher_needs_frames_not_for_every_frame() -
     assert drops.items == []
 
 
+def test_a_frame_decoded_after_draining_began_is_counted_as_dropped_at_once() -> None:
+    """Once the batcher closes, every frame a decode thread still hands over reaches its closed
+    queue at once and is counted (``shutdown``); none stays unseen in the inbox."""
+
+    async def scenario() -> tuple[list[tuple[str, int, str]], int]:
+        drops = Drops()
+        batcher = Batcher(BatchingConfig(max_batch_size=4, queue_size=8), drops)
+        queue = batcher.new_queue("cam", drops=False)
+        batcher.close()
+        thread, _ = _deliver_from_a_thread(LoopHandoff(asyncio.get_running_loop(), queue, threading.Event()),
+                                                  [frame("cam", 0)])
+        await asyncio.to_thread(thread.join, 5)
+        await asyncio.sleep(0.05)
+        return drops.items, batcher.pending()
+
+    assert asyncio.run(scenario()) == ([("cam", 0, "shutdown")], 0)
+
+
 def test_file_queue_handoff_waits_for_room_and_never_drops() -> None:
     """A decode thread handing 3 frames to a file queue of 2 waits after the second until the
     loop takes one; nothing is dropped and the order holds."""
