@@ -38,7 +38,7 @@ class StreamQueue:
     """Bounded FIFO of one stream's frames. Event-loop only, except :attr:`room`, which the
     decode thread takes from (through :class:`LoopHandoff`)."""
 
-    def __init__(self, name: str, maxsize: int, drops: bool, on_drop: DropCallback) -> None:
+    def __init__(self, name: str, maxsize: int, drops: bool, on_drop: DropCallback, inbox: Inbox | None = None) -> None:
         self.name = name
         self.maxsize = maxsize
         self.drops = drops
@@ -51,7 +51,7 @@ class StreamQueue:
         self._frames: deque[Frame] = deque()
         self._on_drop = on_drop
         self._listeners: list[Callable[[], None]] = []
-        self.inbox = Inbox()
+        self.inbox = inbox if inbox is not None else Inbox()
         """Where decode threads leave this queue's frames (:class:`LoopHandoff`): the batcher's
         shared one (:meth:`Batcher.new_queue`), else one of its own that wakes the loop per frame."""
 
@@ -152,6 +152,12 @@ class Inbox:
             else:
                 queue.offer(frame)
 
+    def wake_per_frame(self) -> None:
+        """On the loop: from now on every frame wakes it (draining: a late frame reaches its
+        closed queue at once and is counted there as dropped, ``shutdown``, instead of waiting here)."""
+        self.hold = 1
+        self.want(None)
+
     def want(self, frames: int | None) -> None:
         """On the loop: wake it once ``frames`` frames wait (None: nobody waits; ``hold`` do)."""
         with self._lock:
@@ -244,8 +250,7 @@ class Batcher:
 
     def new_queue(self, name: str, drops: bool) -> StreamQueue:
         """Register (or replace) the queue of stream ``name``."""
-        queue = StreamQueue(name, self.cfg.queue_size, drops, self._on_drop)
-        queue.inbox = self.inbox
+        queue = StreamQueue(name, self.cfg.queue_size, drops, self._on_drop, self.inbox)
         queue.listen(self._on_change)
         self.queues[name] = queue
         self._on_change()
@@ -268,8 +273,7 @@ class Batcher:
         """Draining: close every queue; batches continue until the queued frames are taken."""
         self.closing = True
         self.inbox.deliver()  # decoded frames are queued, not dropped: draining publishes them
-        self.inbox.hold = 1  # a frame decoded from now on reaches its closed queue at once, and is
-        self.inbox.want(None)  # counted there as dropped ("shutdown") instead of staying here
+        self.inbox.wake_per_frame()  # a frame decoded from now on is counted as dropped at once
         for queue in self.queues.values():
             queue.close()
         self._on_change()

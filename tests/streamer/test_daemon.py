@@ -185,7 +185,7 @@ def test_the_last_source_to_end_starts_draining_at_once(tmp_path: Path, monkeypa
     monkeypatch.setattr(Daemon, "_running", running_after_the_threads_end)
     clip = encode_video(tmp_path / "clip.mp4", frames=4)
     cfg = StreamerConfig.model_validate({
-        "batching": {"queue_size": 8},
+        "batching": {"queue_size": 8},  # room for every frame: the thread ends before the loop takes one
         "sources": [{"name": "clip", "url": str(clip), "realtime": False}],
         "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
         "metrics": {"enabled": False}})
