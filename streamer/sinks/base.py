@@ -5,7 +5,7 @@ consumer. Each sink therefore owns
 
 - a bounded buffer (``buffer`` messages): ``publish`` appends and returns; when the buffer is full
   the OLDEST message is discarded and counted in ``streamer_sink_messages_dropped_total``;
-- one worker thread that drains the buffer: serializes each message (:func:`streamer.frame_json.dumps`)
+- one worker thread that drains the buffer: serializes each message (:func:`streamer.frame_json.encode`)
   and hands it to the transport, (re)connecting with exponential backoff and jitter
   (:func:`streamer.backoff.backoff_delay`) while the peer is away, counting every error;
 - ``close(timeout)``: the worker flushes what is buffered for at most ``timeout`` seconds, then the

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from streamer.frame_json import dumps
+from streamer.frame_json import encode_line
 from streamer.sinks.base import BufferedSink, Delivery, Disconnected
 from streamer.sinks.config import SinkSettings
 from streamer.sinks.registry import SinkType, register_sink
@@ -105,7 +105,7 @@ def rotate(path: str, backups: int) -> None:
 
 
 class JsonlSink(BufferedSink):
-    """Writes each message as one compact JSON line (``streamer.frame_json.dumps``).
+    """Writes each message as one compact JSON line (``streamer.frame_json.encode_line``).
 
     File lines are held until the sink's buffer runs dry (:meth:`_idle`) or :data:`WRITE_BUFFER`
     bytes are held, then written in one call: a line counts as sent once written, and as dropped
@@ -133,14 +133,13 @@ class JsonlSink(BufferedSink):
         return file
 
     def _send(self, msg: dict[str, Any]) -> Delivery:
-        line = dumps(msg) + "\n"
+        data = encode_line(msg)
         if self.cfg.path == "-":
             try:
-                sys.stdout.write(line)
+                sys.stdout.write(data.decode("utf-8"))
             except OSError as err:
                 raise Disconnected(f"cannot write to stdout: {err}") from err
             return Delivery.SENT
-        data = line.encode("utf-8")
         size = self._size + self._held_bytes
         if 0 < self.cfg.max_bytes < size + len(data) and size > 0:
             self._write_held()

@@ -31,7 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import Field, SecretStr, StrictBool, field_validator, model_validator
 
 from streamer.envvars import EnvVarName
-from streamer.frame_json import dumps
+from streamer.frame_json import encode
 from streamer.sinks.base import BufferedSink, Delivery, stream_of
 from streamer.sinks.config import SinkSettings
 from streamer.sinks.registry import SinkType, register_sink, spec_help
@@ -158,7 +158,7 @@ class MqttSink(BufferedSink):
         client = self._client
         if client is None or not self._connected.is_set() or self._in_flight() >= self.capacity:
             return Delivery.RETRY
-        topic, payload = topic_for(self.cfg.topic, stream_of(msg)), dumps(msg)
+        topic, payload = topic_for(self.cfg.topic, stream_of(msg)), encode(msg)
         # Counted before the call: paho's thread may report it published before publish() returns.
         self._count_accepted(+1)
         try:

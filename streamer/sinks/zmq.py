@@ -26,7 +26,7 @@ from typing import Any, Literal
 import zmq
 from pydantic import field_validator
 
-from streamer.frame_json import dumps
+from streamer.frame_json import encode
 from streamer.sinks.base import BufferedSink, Delivery, stream_of
 from streamer.sinks.config import SinkSettings
 from streamer.sinks.registry import SinkType, register_sink
@@ -82,7 +82,7 @@ class ZmqSink(BufferedSink):
         if socket is None:
             return Delivery.RETRY
         self._drain_subscriptions(socket)
-        parts = [stream_of(msg).encode("utf-8"), dumps(msg).encode("utf-8")]
+        parts = [stream_of(msg).encode("utf-8"), encode(msg)]
         try:
             socket.send_multipart(parts, flags=zmq.NOBLOCK)
         except zmq.Again:  # a subscriber is SNDHWM messages behind: keep it in our buffer

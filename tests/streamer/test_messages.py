@@ -92,13 +92,23 @@ def test_rounded_equals_pythons_round_bit_for_bit_on_float32() -> None:
     assert rounded(wide, 2) == [round(v, 2) for v in wide.tolist()]
 
 
-def test_dumps_writes_the_bytes_of_json_dumps_compact() -> None:
-    """The sinks' one serializer (a cached encoder without the cycle check) writes exactly what
-    ``json.dumps(msg, separators=(",", ":"))`` writes, in every encoding, non-ASCII names included."""
-    from streamer.frame_json import dumps
+def test_the_serializer_writes_json_dumps_compact_bytes_and_documents_where_it_differs() -> None:
+    """The sinks' one serializer (orjson) writes what ``json.dumps(msg, separators=(",", ":"))``
+    writes for a message of default settings, byte for byte, in every encoding; elsewhere it
+    differs only in spelling (exponent, UTF-8 text): the values read back are the same, bit for bit."""
+    from streamer.frame_json import dumps, encode, encode_line
+
+    spec = MessageSpec(NAMES, frozenset({"rle", "polygon", "none"}), score_threshold=0.05)
+    det = _dets([[10, 10, 30, 30], [-5.5, 3.25, 20.125, 47.99], [40, 20, 64, 48]], [0.93, 0.05001, 0.5])
+    for msg in frame_result(_frame(), det, spec).messages.values():
+        assert dumps(msg) == json.dumps(msg, separators=(",", ":"))
+        assert encode(msg) == dumps(msg).encode() and encode_line(msg) == encode(msg) + b"\n"
 
     frame = Frame("caméra-1", "rtsp://hôte/x", 7, 0.28, 1_700_000_000.123456, 0.0, np.zeros((H, W, 3), np.uint8))
     det = _dets([[10, 10, 30, 30], [-5.5, 3.25, 20.125, 47.99], [40, 20, 64, 48]], [0.93, 0.00001, 0.5])
     spec = MessageSpec(("__background__", "ünïcode"), frozenset({"rle", "polygon", "none"}), score_threshold=0.0)
     for msg in frame_result(frame, det, spec).messages.values():
-        assert dumps(msg) == json.dumps(msg, separators=(",", ":"))
+        text = dumps(msg)
+        assert json.loads(text) == msg
+        assert '"stream":"caméra-1"' in text and '"class":"ünïcode"' in text
+        assert text != json.dumps(msg, separators=(",", ":"))
