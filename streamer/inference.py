@@ -219,6 +219,7 @@ async def run_pipeline(batcher: Batcher, worker: InferenceWorker, publisher: Pub
                 log.exception("inference of a batch of %d frames failed; frames dropped", len(batch))
                 count_drops(batch, publisher.counts_of, "inference_error")
                 continue
+            batch = [f.without_image() for f in batch]  # the pixels are freed here, not once published
             for f in batch:
                 counts = publisher.counts_of(f.stream)
                 if counts is not None:

@@ -199,6 +199,40 @@ def test_the_last_source_to_end_starts_draining_at_once(tmp_path: Path, monkeypa
     assert len(read_jsonl(tmp_path / "out.jsonl")) == 4
 
 
+def test_frames_leave_their_pixels_behind_once_inferred(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner gets every frame's pixels; postprocessing, tracking and the sinks get the frames
+    without them (``Frame.without_image``), so a frame's buffer is freed when inference is done,
+    not when its batch is published. The messages still carry the frame size (from the
+    detections)."""
+    import streamer.inference
+    from streamer.replay import ReplayRunner
+
+    seen: dict[str, list[tuple[int, ...]]] = {"runner": [], "postprocess": []}
+
+    class Recording(ReplayRunner):
+        def infer(self, frames: Any) -> Any:
+            seen["runner"] += [f.shape for f in frames]
+            return super().infer(frames)
+
+    postprocess = streamer.inference._postprocess
+
+    def recording_postprocess(frames: Any, *args: Any) -> Any:
+        seen["postprocess"] += [f.image.shape for f in frames]
+        return postprocess(frames, *args)
+
+    monkeypatch.setattr(streamer.inference, "_postprocess", recording_postprocess)
+    clip = encode_video(tmp_path / "clip.mp4", frames=6)
+    cfg = StreamerConfig.model_validate({
+        "sources": [{"name": "clip", "url": str(clip), "realtime": False}],
+        "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+        "metrics": {"enabled": False}})
+    assert asyncio.run(asyncio.wait_for(Daemon(cfg, registry=CollectorRegistry(), runner=Recording(2)).run(), 30)) == 0
+    lines = read_jsonl(tmp_path / "out.jsonl")
+    assert len(lines) == 6 and {(m["height"], m["width"]) for m in lines} == {(96, 128)}
+    assert seen["runner"] == [(96, 128, 3)] * 6
+    assert seen["postprocess"] == [(0, 0, 3)] * 6
+
+
 # -- the real process ----------------------------------------------------------------------------
 
 def test_notify_and_sigterm_publish_every_frame_exactly_once(
