@@ -8,8 +8,8 @@ minutes: the two phases of a round see the same machine):
 1. **decode ceiling** — N threads each demux + decode + convert to RGB the clip, nothing else:
    the most frames per second this machine can feed any pipeline;
 2. **pipeline** — ``streamer run``'s daemon over N file sources of the clip (not paced), with
-   :class:`~streamer.replay.ReplayRunner` answering ``K`` instances per frame instantly (``--real``:
-   the loaded model instead), postprocessing on the pool, a JSONL sink on disk. Reports frames/s,
+   :class:`~streamer.replay.ReplayRunner` answering ``K`` instances per frame instantly, their
+   boxes moving from frame to frame (``--real``: the loaded model instead), postprocessing on the pool, a JSONL sink on disk. Reports frames/s,
    CPU milliseconds per frame of each stage (``streamer_stage_cpu_seconds_total``) and the peak
    RSS of this phase (Linux VmHWM, reset before it), and how the CPU it spends beyond the decode
    ceiling splits: the decode thread's handoff, each stage, and the rest (event loop, batching,
@@ -199,7 +199,7 @@ def postprocess(k: int, height: int, width: int, repeats: int = 20) -> dict[str,
     back (``ms``: caches and branch predictors warm with the same frame) and with the caches
     flooded before each frame (``cold_ms``: :data:`EVICT_BYTES` written, as decoding 1080p video
     does between two frames on the same core — the cost the pipeline sees). The detections are
-    those the pipeline's replay runner answers with (same seed)."""
+    those the pipeline's replay runner answers with first (same seed, before they move)."""
     import torch
 
     from streamer.frame_json import dumps

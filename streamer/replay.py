@@ -3,8 +3,8 @@
 :class:`ReplayRunner` returns, for every frame, ``K`` realistic detections at once: boxes of
 camera-like sizes (log-uniform, 2 %–30 % of the frame side), soft elliptic 28×28 mask
 probabilities with a noisy rim (values cross the 0.5 threshold as a real mask head's do), scores
-spread over (0.5, 1]. It costs nothing, so a benchmark that uses it measures everything but the
-model. :func:`write_synthetic_video` encodes an H.264 clip of moving shapes over a textured
+spread over (0.5, 1]; the boxes move from one frame to the next as a camera's objects do. It
+costs nothing, so a benchmark that uses it measures everything but the model. :func:`write_synthetic_video` encodes an H.264 clip of moving shapes over a textured
 background with sensor noise, as a camera would send it (libx264, CABAC on, yuv420p, a few
 Mbit/s at 1080p: the noise is what makes a camera's P-frames cost bits and decode time).
 """
@@ -44,41 +44,67 @@ def synthetic_detections(k: int, height: int, width: int, seed: int = 0) -> Dete
 
 
 class ReplayRunner(Runner):
-    """A runner that answers every frame with the same ``k`` synthetic detections for its size.
+    """A runner that answers every frame with the same ``k`` synthetic instances for its size, moving.
 
-    ``paste_device`` (e.g. ``"cuda"``): paste the masks there, as a CUDA runner does, from
-    probabilities and boxes kept on that device (``Detections.pasted`` at ``paste_threshold``).
+    Each box drifts at its own velocity (up to ``speed_px`` pixels per frame along each axis) and
+    bounces off the frame's edges; its mask, label and score stay. So consecutive frames differ as
+    a camera's do — boxes a fraction of a pixel to a few pixels apart, tracks that persist — and
+    the postprocess step cannot profit from seeing one frame over and over: the paste kernel costs
+    ~1.7× more on frames that differ than on one frame repeated (the CPU's branch predictor learns
+    a repeated frame). The motion counts the frames this runner answered, whatever their stream.
+    ``speed_px=0``: the same detections for every frame.
+
+    ``paste_device`` (e.g. ``"cuda"``): paste the masks there, as a CUDA runner does
+    (``Detections.pasted`` at ``paste_threshold``).
     """
 
     def __init__(self, k: int = 20, seed: int = 0, paste_device: str | None = None,
-                 paste_threshold: float = 0.5) -> None:
-        self.k, self.seed = k, seed
+                 paste_threshold: float = 0.5, speed_px: float = 1.0) -> None:
+        self.k, self.seed, self.speed_px = k, seed, speed_px
         self.paste_device, self.paste_threshold = paste_device, paste_threshold
         self.info = ModelInfo(name=f"replay-{k}", backend="replay", device=paste_device or "cpu",
                               class_names=REPLAY_CLASSES)
-        self._by_size: dict[tuple[int, int], Detections] = {}
-        self._on_device: dict[tuple[int, int], tuple[Any, Any]] = {}
+        self._by_size: dict[tuple[int, int], tuple[Detections, npt.NDArray[np.float64]]] = {}
+        self._on_device: dict[tuple[int, int], Any] = {}
+        self._answered = 0
 
     def infer(self, frames: Sequence[npt.NDArray[np.uint8]]) -> list[Detections]:
         out = []
         for f in frames:
             size = (int(f.shape[0]), int(f.shape[1]))
             if size not in self._by_size:
-                self._by_size[size] = synthetic_detections(self.k, *size, seed=self.seed)
-            d = self._by_size[size]
-            det = Detections(d.boxes, d.scores, d.labels, d.mask_probs, d.image_size)
+                rng = np.random.default_rng(self.seed + 1)
+                velocity = rng.uniform(-self.speed_px, self.speed_px, (self.k, 2))
+                self._by_size[size] = (synthetic_detections(self.k, *size, seed=self.seed), velocity)
+            d, velocity = self._by_size[size]
+            boxes = moved_boxes(d.boxes, velocity * self._answered, *size)
+            self._answered += 1
+            det = Detections(boxes, d.scores, d.labels, d.mask_probs, d.image_size)
             if self.paste_device is not None:
                 import torch
 
                 from engines.masks import paste_boxes
 
                 if size not in self._on_device:
-                    self._on_device[size] = (torch.from_numpy(d.mask_probs).to(self.paste_device),
-                                             torch.from_numpy(d.boxes).to(self.paste_device))
-                probs, boxes = self._on_device[size]
-                det.pasted = (self.paste_threshold, paste_boxes(probs, boxes, *size, self.paste_threshold))
+                    self._on_device[size] = torch.from_numpy(d.mask_probs).to(self.paste_device)
+                det.pasted = (self.paste_threshold, paste_boxes(
+                    self._on_device[size], torch.from_numpy(boxes).to(self.paste_device), *size, self.paste_threshold))
             out.append(det)
         return out
+
+
+def moved_boxes(boxes: npt.NDArray[np.float32], shift: npt.NDArray[np.float64], height: int,
+                width: int) -> npt.NDArray[np.float32]:
+    """``float32[K, 4]`` xyxy ``boxes`` moved by ``shift`` ``[K, 2]`` px ``(dx, dy)``, bouncing off
+    the edges of the ``height × width`` frame: each box's top-left corner goes back and forth
+    over ``[0, frame side - box side]`` (a triangle wave), its size unchanged."""
+    b = boxes.astype(np.float64)
+    size = b[:, 2:] - b[:, :2]
+    room = np.maximum(np.array([width, height], np.float64) - size, 0.0)
+    span = np.where(room > 0, 2 * room, 1.0)
+    corner = np.mod(b[:, :2] + shift, span)
+    corner = np.where(room > 0, room - np.abs(corner - room), b[:, :2])
+    return np.concatenate([corner, corner + size], axis=1).astype(np.float32)
 
 
 def write_synthetic_video(path: Path, frames: int, width: int = 1920, height: int = 1080, fps: int = 25,

@@ -26,6 +26,24 @@ def test_synthetic_detections_are_valid_and_realistic() -> None:
     assert len(a) == len(b) == 5 and a.image_size == (60, 80)
 
 
+def test_the_replay_runners_boxes_move_like_a_cameras_and_stay_in_the_frame() -> None:
+    """Consecutive answers differ by at most ``speed_px`` per axis, boxes keep their sizes and
+    bounce off the edges (after 5,000 frames still inside); ``speed_px=0`` repeats one frame."""
+    from streamer.replay import moved_boxes
+
+    image = np.zeros((1080, 1920, 3), np.uint8)
+    base = synthetic_detections(20, 1080, 1920, seed=0).boxes
+    first, second = ReplayRunner(20, speed_px=2.0).infer([image] * 2)
+    assert np.array_equal(first.boxes, base)
+    step = np.abs(second.boxes - first.boxes)
+    assert 0 < step.max() <= 2.0 + 1e-3 and np.allclose(step[:, :2], step[:, 2:], atol=1e-3)
+    far = moved_boxes(base, np.full((20, 2), 5000.0), 1080, 1920)
+    assert (far[:, :2] >= 0).all() and (far[:, 2] <= 1920).all() and (far[:, 3] <= 1080).all()
+    assert np.allclose(far[:, 2:] - far[:, :2], base[:, 2:] - base[:, :2], atol=1e-3)
+    still = ReplayRunner(20, speed_px=0).infer([image] * 2)
+    assert np.array_equal(still[0].boxes, still[1].boxes)
+
+
 def test_bench_pipeline_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     code = main(["bench-pipeline", "--streams", "2", "--frames", "6", "--size", "320x240", "--instances", "5",
