@@ -4,7 +4,7 @@ Shared by ``streamer process`` (JSONL) and every sink of ``streamer run``, so th
 same bytes for the same message. Dependency-light (the sinks, and the configuration that names
 them, load without the mask encoders).
 
-orjson writes it: 12 µs for a 20-instance 1080p RLE message against 63 µs for the standard
+orjson writes it: 7.8 µs for a 20-instance 1080p RLE message against 64 µs for the standard
 library's C encoder (``json.JSONEncoder(separators=(",", ":"))``), on the sink thread that runs
 beside the decoders. The bytes are the standard library's compact ones except where the two
 spell the same value differently, none of which a frame message of default settings contains:
