@@ -64,7 +64,7 @@ class ReplayRunner(Runner):
         self.paste_device, self.paste_threshold = paste_device, paste_threshold
         self.info = ModelInfo(name=f"replay-{k}", backend="replay", device=paste_device or "cpu",
                               class_names=REPLAY_CLASSES)
-        self._by_size: dict[tuple[int, int], tuple[Detections, npt.NDArray[np.float64]]] = {}
+        self._by_size: dict[tuple[int, int], tuple[Detections, BoxMotion]] = {}
         self._on_device: dict[tuple[int, int], Any] = {}
         self._answered = 0
 
@@ -75,9 +75,10 @@ class ReplayRunner(Runner):
             if size not in self._by_size:
                 rng = np.random.default_rng(self.seed + 1)
                 velocity = rng.uniform(-self.speed_px, self.speed_px, (self.k, 2))
-                self._by_size[size] = (synthetic_detections(self.k, *size, seed=self.seed), velocity)
-            d, velocity = self._by_size[size]
-            boxes = moved_boxes(d.boxes, velocity * self._answered, *size)
+                d = synthetic_detections(self.k, *size, seed=self.seed)
+                self._by_size[size] = (d, BoxMotion(d.boxes, velocity, *size))
+            d, motion = self._by_size[size]
+            boxes = motion.at(self._answered)
             self._answered += 1
             det = Detections(boxes, d.scores, d.labels, d.mask_probs, d.image_size)
             if self.paste_device is not None:
@@ -93,18 +94,33 @@ class ReplayRunner(Runner):
         return out
 
 
+class BoxMotion:
+    """Boxes drifting at constant velocities, bouncing off the frame's edges: each box's top-left
+    corner goes back and forth over ``[0, frame side - box side]`` (a triangle wave), its size
+    unchanged. What depends only on the boxes is computed once; :meth:`at` costs a few µs."""
+
+    def __init__(self, boxes: npt.NDArray[np.float32], velocity: npt.NDArray[np.float64], height: int,
+                 width: int) -> None:
+        b = boxes.astype(np.float64)
+        self.corner, self.size, self.velocity = b[:, :2], b[:, 2:] - b[:, :2], velocity
+        self.room = np.maximum(np.array([width, height], np.float64) - self.size, 0.0)
+        self.moves = self.room > 0
+        self.span = np.where(self.moves, 2 * self.room, 1.0)
+
+    def at(self, t: float) -> npt.NDArray[np.float32]:
+        """``float32[K, 4]`` xyxy boxes after ``t`` frames."""
+        corner = np.mod(self.corner + self.velocity * t, self.span)
+        corner = np.where(self.moves, self.room - np.abs(corner - self.room), self.corner)
+        out = np.empty((len(corner), 4), np.float32)
+        out[:, :2], out[:, 2:] = corner, corner + self.size
+        return out
+
+
 def moved_boxes(boxes: npt.NDArray[np.float32], shift: npt.NDArray[np.float64], height: int,
                 width: int) -> npt.NDArray[np.float32]:
     """``float32[K, 4]`` xyxy ``boxes`` moved by ``shift`` ``[K, 2]`` px ``(dx, dy)``, bouncing off
-    the edges of the ``height × width`` frame: each box's top-left corner goes back and forth
-    over ``[0, frame side - box side]`` (a triangle wave), its size unchanged."""
-    b = boxes.astype(np.float64)
-    size = b[:, 2:] - b[:, :2]
-    room = np.maximum(np.array([width, height], np.float64) - size, 0.0)
-    span = np.where(room > 0, 2 * room, 1.0)
-    corner = np.mod(b[:, :2] + shift, span)
-    corner = np.where(room > 0, room - np.abs(corner - room), b[:, :2])
-    return np.concatenate([corner, corner + size], axis=1).astype(np.float32)
+    the edges of the ``height × width`` frame (:class:`BoxMotion` after one frame)."""
+    return BoxMotion(boxes, shift, height, width).at(1)
 
 
 def write_synthetic_video(path: Path, frames: int, width: int = 1920, height: int = 1080, fps: int = 25,
