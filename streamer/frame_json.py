@@ -22,12 +22,13 @@ from typing import Any
 
 import orjson
 
-_LINE = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
+_OPTIONS = orjson.OPT_NON_STR_KEYS  # int keys become strings, as json.dumps writes them
+_LINE = _OPTIONS | orjson.OPT_APPEND_NEWLINE
 
 
 def encode(msg: dict[str, Any]) -> bytes:
     """Compact one-line JSON for a frame message, UTF-8, no newline (an MQTT or ZeroMQ payload)."""
-    return orjson.dumps(msg, option=orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps(msg, option=_OPTIONS)
 
 
 def encode_line(msg: dict[str, Any]) -> bytes:

@@ -38,8 +38,8 @@ class Frame:
         the rest, and the detections' ``image_size``). A frame's buffer then returns to the
         allocator at once instead of riding along with its batch until published: fewer
         frame-sized buffers in circulation, so each new one is more often still in the CPU's
-        cache (4 streams of 1080p: 21 → 11 page faults per frame, pipeline 0.79 → 0.82 × the
-        decode-only ceiling; docs/performance.md §7)."""
+        cache (4 streams of 1080p, one run: 21 → 11 page faults per frame; with orjson on the
+        sink, the pipeline's median 0.79 → 0.80 × the decode-only ceiling: docs/performance.md §7)."""
         return replace(self, image=NO_IMAGE)
 
 

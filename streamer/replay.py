@@ -116,13 +116,6 @@ class BoxMotion:
         return out
 
 
-def moved_boxes(boxes: npt.NDArray[np.float32], shift: npt.NDArray[np.float64], height: int,
-                width: int) -> npt.NDArray[np.float32]:
-    """``float32[K, 4]`` xyxy ``boxes`` moved by ``shift`` ``[K, 2]`` px ``(dx, dy)``, bouncing off
-    the edges of the ``height × width`` frame (:class:`BoxMotion` after one frame)."""
-    return BoxMotion(boxes, shift, height, width).at(1)
-
-
 def write_synthetic_video(path: Path, frames: int, width: int = 1920, height: int = 1080, fps: int = 25,
                           seed: int = 0, bitrate_mbps: float = 4.0) -> Path:
     """An H.264 (CABAC, yuv420p) mp4 of ``frames`` frames at ``bitrate_mbps``: shapes moving over a

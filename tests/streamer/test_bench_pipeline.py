@@ -29,7 +29,7 @@ def test_synthetic_detections_are_valid_and_realistic() -> None:
 def test_the_replay_runners_boxes_move_like_a_cameras_and_stay_in_the_frame() -> None:
     """Consecutive answers differ by at most ``speed_px`` per axis, boxes keep their sizes and
     bounce off the edges (after 5,000 frames still inside); ``speed_px=0`` repeats one frame."""
-    from streamer.replay import moved_boxes
+    from streamer.replay import BoxMotion
 
     image = np.zeros((1080, 1920, 3), np.uint8)
     base = synthetic_detections(20, 1080, 1920, seed=0).boxes
@@ -37,7 +37,7 @@ def test_the_replay_runners_boxes_move_like_a_cameras_and_stay_in_the_frame() ->
     assert np.array_equal(first.boxes, base)
     step = np.abs(second.boxes - first.boxes)
     assert 0 < step.max() <= 2.0 + 1e-3 and np.allclose(step[:, :2], step[:, 2:], atol=1e-3)
-    far = moved_boxes(base, np.full((20, 2), 5000.0), 1080, 1920)
+    far = BoxMotion(base, np.full((20, 2), 1.0), 1080, 1920).at(5000)
     assert (far[:, :2] >= 0).all() and (far[:, 2] <= 1920).all() and (far[:, 3] <= 1080).all()
     assert np.allclose(far[:, 2:] - far[:, :2], base[:, 2:] - base[:, :2], atol=1e-3)
     still = ReplayRunner(20, speed_px=0).infer([image] * 2)
