@@ -9,7 +9,8 @@ minutes: the two phases of a round see the same machine):
    the most frames per second this machine can feed any pipeline;
 2. **pipeline** — ``streamer run``'s daemon over N file sources of the clip (not paced), with
    :class:`~streamer.replay.ReplayRunner` answering ``K`` instances per frame instantly, their
-   boxes moving from frame to frame (``--real``: the loaded model instead), postprocessing on the pool, a JSONL sink on disk. Reports frames/s,
+   boxes moving from frame to frame (``--real``: the loaded model instead), postprocessing on the pool, a JSONL sink on disk,
+   on the daemon's event loop (``--loop``: ``auto``, uvloop where installed, as ``streamer run``). Reports frames/s,
    CPU milliseconds per frame of each stage (``streamer_stage_cpu_seconds_total``) and the peak
    RSS of this phase (Linux VmHWM, reset before it), and how the CPU it spends beyond the decode
    ceiling splits: the decode thread's handoff, each stage, and the rest (event loop, batching,
@@ -25,7 +26,6 @@ minutes: the two phases of a round see the same machine):
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import logging
@@ -38,6 +38,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+
+from streamer import event_loop
+from streamer.event_loop import EventLoopChoice
 
 log = logging.getLogger("streamer.bench_pipeline")
 _T = TypeVar("_T")
@@ -75,6 +78,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--device", default="cpu", help="with --real: cpu, cuda, cuda:N")
     p.add_argument("--paste-device", default=None, metavar="DEVICE",
                    help="replay runner: paste masks on this device (e.g. cuda), as a CUDA runner does")
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                   help="the daemon's event loop (event_loop; default auto: uvloop if installed)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     p.set_defaults(func=run)
 
@@ -149,9 +154,10 @@ def decode_ceiling(video: Path, streams: int) -> dict[str, float]:
 
 
 def pipeline(video: Path, streams: int, runner: Any, batch: int, workers: int, out: Path,
-             tracking: bool = True, encoding: str = "rle") -> dict[str, Any]:
+             tracking: bool = True, encoding: str = "rle", loop: EventLoopChoice = "auto") -> dict[str, Any]:
     """The daemon over ``streams`` unpaced file sources of ``video`` with ``runner``, JSONL to
-    ``out`` with masks in ``encoding`` (``tracking``: the ``[tracking]`` stage on, as by default)."""
+    ``out`` with masks in ``encoding`` (``tracking``: the ``[tracking]`` stage on, as by default),
+    on the ``loop`` event loop (``event_loop``, :mod:`streamer.event_loop`)."""
     from prometheus_client import CollectorRegistry
 
     from streamer.config import StreamerConfig
@@ -166,11 +172,12 @@ def pipeline(video: Path, streams: int, runner: Any, batch: int, workers: int, o
         "tracking": {"enabled": tracking},
         "metrics": {"enabled": False},
         "shutdown": {"timeout_s": 3600},  # the files end long before a slow model drains them
+        "event_loop": loop,
     })
     registry = CollectorRegistry()
     daemon = Daemon(cfg, registry=registry, runner=runner)
     _reset_peak_rss()
-    code, used = _measure(lambda: asyncio.run(daemon.run()))
+    code, used = _measure(lambda: event_loop.run(daemon.run(), cfg.event_loop))
     published = sum(1 for _ in out.open())
     stage_ms = {stage: 1000 * (registry.get_sample_value("streamer_stage_cpu_seconds_total", {"stage": stage}) or 0.0)
                 / max(published, 1) for stage in PIPELINE_STAGES}
@@ -251,7 +258,8 @@ def run(args: argparse.Namespace) -> int:
     ks = [int(k) for k in args.post_instances.split(",") if k]
     report: dict[str, Any] = {"streams": args.streams, "size": [width, height], "instances": args.instances,
                               "batch": args.batch, "postprocess_workers": args.workers, "tracking": args.tracking,
-                              "encoding": args.encoding}
+                              "encoding": args.encoding,
+                              "event_loop": event_loop.resolve(args.loop)}
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "synthetic.mp4"
         log.info("encoding a %dx%d clip of %d frames", width, height, args.frames)
@@ -267,14 +275,14 @@ def run(args: argparse.Namespace) -> int:
         log.info("pipeline warm-up: the daemon once over a %d-frame clip", WARMUP_FRAMES)
         warmup = write_synthetic_video(Path(tmp) / "warmup.mp4", WARMUP_FRAMES, width, height)
         pipeline(warmup, args.streams, runner, args.batch, args.workers, Path(tmp) / "warmup.jsonl", args.tracking,
-                 args.encoding)
+                 args.encoding, args.loop)
         rounds = []
         for i in range(args.rounds):
             log.info("round %d of %d: decode ceiling, then pipeline (%d streams, runner %s)",
                      i + 1, args.rounds, args.streams, runner.info.name)
             decode = decode_ceiling(video, args.streams)
             piped = pipeline(video, args.streams, runner, args.batch, args.workers, Path(tmp) / f"out-{i}.jsonl",
-                             args.tracking, args.encoding)
+                             args.tracking, args.encoding, args.loop)
             rounds.append({"decode_only": decode, "pipeline": piped, "ratio": piped["fps"] / decode["fps"]})
     median_round = sorted(rounds, key=lambda r: r["ratio"])[(len(rounds) - 1) // 2]  # the lower one of an even count
     report["rounds"] = [{"decode_fps": r["decode_only"]["fps"], "pipeline_fps": r["pipeline"]["fps"],
@@ -308,7 +316,7 @@ def _print(r: dict[str, Any]) -> None:
     w, h = r["size"]
     print(f"{r['streams']} streams of {w}x{h} H.264, runner {r['runner']}, batch {r['batch']}, "
           f"{r['postprocess_workers']} postprocess workers, tracking {'on' if r['tracking'] else 'off'}, "
-          f"masks {r['encoding']}")
+          f"masks {r['encoding']}, {r['event_loop']} event loop")
     for i, rnd in enumerate(r["rounds"], 1):
         print(f"round {i}: decode only {rnd['decode_fps']:6.1f}, pipeline {rnd['pipeline_fps']:6.1f} frames/s "
               f"= {rnd['ratio']:.2f} x")

@@ -38,6 +38,7 @@ from pydantic import (
 from engines.devices import DEVICE_RULE, DeviceError, parse_device
 from streamer.config_errors import format_validation_error
 from streamer.envvars import EnvVarName
+from streamer.event_loop import EventLoopChoice, uvloop_available
 from streamer.redact import redact_secrets
 from streamer.sinks import SinkConfig, parse_sink_spec
 from streamer.tracking_config import TrackingConfig
@@ -225,6 +226,16 @@ class StreamerConfig(_Strict):
     box: str = ""
     """This box's name in a fleet (docs/operations.md, "A fleet of boxes"): the ``box`` key of every
     frame message and ``{box}`` in MQTT ``topic``/``status_topic``. Empty: the host name."""
+    event_loop: EventLoopChoice = "auto"
+    """The daemon's event loop (:mod:`streamer.event_loop`): ``auto`` (uvloop if installed, else
+    asyncio), ``asyncio`` or ``uvloop``."""
+
+    @field_validator("event_loop")
+    @classmethod
+    def _loop_installed(cls, choice: EventLoopChoice) -> EventLoopChoice:
+        if choice == "uvloop" and not uvloop_available():
+            raise ValueError('"uvloop" is not installed here: pip install uvloop, or use "auto" or "asyncio"')
+        return choice
 
     @field_validator("box")
     @classmethod

@@ -47,6 +47,7 @@ from streamer.config import (
     parse_host_port,
     with_defaults,
 )
+from streamer.event_loop import loop_name
 from streamer.frames import Frame
 from streamer.heap import TRIM_INTERVAL_S, release_free_heap
 from streamer.http import HealthState, HttpServer, start_http_server
@@ -129,9 +130,9 @@ class Daemon:
         """Run all phases; the exit status (see the module docstring)."""
         loop = asyncio.get_running_loop()
         self._install_signal_handlers(loop)
-        log.info("streamer %s starting: %d sources, %d sinks, model %s on %s", streamer.__version__,
+        log.info("streamer %s starting: %d sources, %d sinks, model %s on %s, %s event loop", streamer.__version__,
                  len(self.cfg.sources), len(self.cfg.sinks), self.cfg.inference.model or "(demo)",
-                 self.cfg.inference.device)
+                 self.cfg.inference.device, loop_name(loop))
         code = 0
         startup = asyncio.ensure_future(self._startup())
         if await self._until(startup, float("inf")):

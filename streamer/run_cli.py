@@ -14,12 +14,12 @@ every source failed, 2 invalid configuration, 130 forced by a second SIGINT.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 from pathlib import Path
 
+from streamer import event_loop
 from streamer.config import DEFAULT_METRICS_ADDRESS, ConfigError, Overrides, load_config
 from streamer.redact import RedactingFilter
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from streamer.daemon import Daemon
 
     daemon = Daemon(cfg, args.config, overrides)
-    code = asyncio.run(daemon.run())
+    code = event_loop.run(daemon.run(), cfg.event_loop)
     if code != 0:
         # A stuck inference or decode thread must not hold the process: leave without joining.
         logging.shutdown()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The frame pipeline's GPU benchmark, one call on a CUDA machine (needs PyAV and orjson: `pip install av orjson`):
+# The frame pipeline's GPU benchmark, one call on a CUDA machine (needs PyAV and orjson, and uvloop for the daemon's default loop: `pip install av orjson uvloop`):
 #   1. the PyTorch CUDA runner, 8 streams of 1080p at batch 8: end-to-end frames/s against the
 #      model alone at the same batch (goal >= 0.9);
 #   2. the replay ceiling with masks pasted on the GPU (8 streams, 20 instances per frame).

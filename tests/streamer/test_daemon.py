@@ -260,6 +260,7 @@ url = "{long_clip}"
     assert lines.index("READY=1") < lines.index("STOPPING=1")
     log = daemon.log()
     assert "phase running -> draining" in log and "phase draining -> stopped" in log
+    assert ", uvloop event loop" in log  # event_loop = "auto": the signals above reached uvloop's handlers
     msg = read_jsonl(out)[0]
     assert msg["stream"] == "clip" and abs(msg["capture_time"] - time.time()) < 120
 
