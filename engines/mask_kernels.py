@@ -51,7 +51,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from engines.rle_kernels import coco_rle_string, compiled, end_column, most_runs
+from engines.rle_kernels import coco_text_into, compiled, end_column, most_runs, with_room
 
 BAND = 8.0e-6
 """Half-width of the band around the threshold in which a pixel needs a closer look (see above)."""
@@ -358,19 +358,6 @@ def visible(x1: int, y1: int, x2: int, y2: int, height: int, width: int) -> tupl
 
 
 @compiled
-def _append(buf: npt.NDArray[np.generic], used: int, values: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
-    """``values`` written at ``buf[used:]``: ``buf``, or a copy of its first ``used`` items twice as
-    large as needed when it has no room."""
-    stop = used + values.shape[0]
-    if stop > buf.shape[0]:
-        longer = np.empty(2 * stop, buf.dtype)
-        longer[:used] = buf[:used]
-        buf = longer
-    buf[used:stop] = values
-    return buf
-
-
-@compiled
 def paste_frame(padded: npt.NDArray[np.float32], grown: npt.NDArray[np.int64], sound: npt.NDArray[np.bool_],
                 height: int, width: int, threshold: float,
                 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.uint8],
@@ -396,24 +383,23 @@ def paste_frame(padded: npt.NDArray[np.float32], grown: npt.NDArray[np.int64], s
         if sound[i] and xe > x0 and ye > y0:
             windows[i, 2], windows[i, 3] = ye - y0, xe - x0
         most = max(most, most_runs(windows[i, 2], windows[i, 3]))
-    counts = np.empty(most, np.int64)
     no_pixels = np.zeros((0, 0), np.bool_)
     areas = np.zeros(k, np.int64)
     uncertain = np.zeros(k, np.bool_)
     text = np.empty(64 * k + 16, np.uint8)
     text_offsets = np.zeros(k + 1, np.int64)
-    all_runs = np.empty(16 * k + 16, np.int64)
+    all_runs = np.empty(most + 512 * k, np.int64)  # each mask's runs are written in place, after the last's
     run_offsets = np.zeros(k + 1, np.int64)
     for i in range(k):
         h, w = windows[i, 2], windows[i, 3]
+        start = run_offsets[i]
+        all_runs = with_room(all_runs, start, most_runs(h, w))
         area, unsure, runs = _paste_columns(no_pixels, padded[i], grown[i, 0], grown[i, 1], grown[i, 2], grown[i, 3],
-                                            windows[i, 0], windows[i, 1], h, w, threshold, height, width, counts)
+                                            windows[i, 0], windows[i, 1], h, w, threshold, height, width,
+                                            all_runs[start:])
         areas[i], uncertain[i] = area, unsure
-        chars = coco_rle_string(counts[:runs])
-        text = _append(text, text_offsets[i], chars)
-        text_offsets[i + 1] = text_offsets[i] + chars.shape[0]
-        all_runs = _append(all_runs, run_offsets[i], counts[:runs])
-        run_offsets[i + 1] = run_offsets[i] + runs
+        run_offsets[i + 1] = start + runs
+        text, text_offsets[i + 1] = coco_text_into(all_runs[start:start + runs], text, text_offsets[i])
     return windows, areas, uncertain, text[:text_offsets[k]].copy(), text_offsets, all_runs[:run_offsets[k]].copy(), run_offsets
 
 

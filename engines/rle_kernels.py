@@ -144,8 +144,18 @@ def coco_rle_string(counts: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
     5-bit groups, least significant first; a group carries bit ``0x20`` when more follow, and
     the last group's bit ``0x10`` is the sign. Every group is offset by 48 into printable ASCII.
     """
-    out = np.empty(counts.shape[0] * 13 + 1, np.uint8)  # 64-bit values: at most 13 groups of 5 bits
-    n = 0
+    out, n = coco_text_into(counts, np.empty(0, np.uint8), 0)
+    return out[:n].copy()
+
+
+@compiled
+def coco_text_into(counts: npt.NDArray[np.int64], out: npt.NDArray[np.uint8], start: int,
+                   ) -> tuple[npt.NDArray[np.uint8], int]:
+    """:func:`coco_rle_string` of ``counts`` written at ``out[start:]``: ``(out, end)``, ``out``
+    replaced by a copy of its first ``start`` bytes twice as large as needed when it has no room
+    (a frame's texts go into one buffer, no array per mask)."""
+    out = with_room(out, start, counts.shape[0] * 13 + 1)  # 64-bit values: at most 13 groups of 5 bits
+    n = start
     for i in range(counts.shape[0]):
         x = counts[i]
         if i > 2:
@@ -159,4 +169,15 @@ def coco_rle_string(counts: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
                 c |= 0x20
             out[n] = c + 48
             n += 1
-    return out[:n].copy()
+    return out, n
+
+
+@compiled
+def with_room(buf: npt.NDArray[Any], used: int, more: int) -> npt.NDArray[Any]:
+    """``buf`` if it has room for ``more`` items after its first ``used``, else a copy of those
+    ``used`` items in an array twice as large as needed (amortized growth of a frame's buffers)."""
+    if used + more <= buf.shape[0]:
+        return buf
+    longer = np.empty(2 * (used + more), buf.dtype)
+    longer[:used] = buf[:used]
+    return longer

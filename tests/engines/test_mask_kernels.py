@@ -176,6 +176,29 @@ def test_realistic_frames_paste_as_torchvision_with_both_paths_taken() -> None:
     assert 0 < unsure < 40, unsure
 
 
+def test_a_frames_masks_of_many_runs_paste_as_each_alone() -> None:
+    """Noisy masks in large boxes (thousands of runs each) pasted as one frame: the frame's run and
+    text buffers grow between instances, and every mask's runs, COCO text and area still equal
+    the same instance pasted alone (whose exactness the tests above prove)."""
+    rng = np.random.default_rng(7)
+    grew = 0
+    for _ in range(40):
+        k = int(rng.integers(2, 6))
+        probs = rng.uniform(0, 1, (k, 28, 28)).astype(np.float32)
+        x1, y1 = rng.uniform(-50, 600, k), rng.uniform(-50, 400, k)
+        boxes = np.stack([x1, y1, x1 + rng.uniform(1, 500, k), y1 + rng.uniform(1, 400, k)], 1).astype(np.float32)
+        frame = paste_boxes(probs, boxes, 480, 640, 0.5)
+        for i, bm in enumerate(frame):
+            (alone,) = paste_boxes(probs[i:i + 1], boxes[i:i + 1], 480, 640, 0.5)
+            assert (bm.x0, bm.y0, bm.shape, bm.area, bm.coco_counts) == (
+                alone.x0, alone.y0, alone.shape, alone.area, alone.coco_counts)
+            assert (bm.runs is None and alone.runs is None) or np.array_equal(bm.runs, alone.runs)
+        room = max(h * w + w + 2 for h, w in (bm.shape for bm in frame)) + 512 * k  # the first buffer's
+        used = np.cumsum([0] + [len(bm.runs) if bm.runs is not None else 0 for bm in frame])
+        grew += any(used[i] + h * w + w + 2 > room for i, (h, w) in enumerate(bm.shape for bm in frame))
+    assert grew > 5, grew  # frames whose runs buffer had to grow between two masks
+
+
 def test_rle_counts_of_either_memory_layout() -> None:
     mask = np.array([[1, 0, 1], [1, 1, 0]], bool)
     counts = box_rle_counts(mask, 1, 1, 4, 5).tolist()
