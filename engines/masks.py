@@ -37,7 +37,8 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from engines.mask_kernels import grown_boxes, paste_frame, visible
+from engines.box_kernels import grown_boxes, visible
+from engines.mask_kernels import paste_frame
 from engines.rle_kernels import runs_to_box
 
 PADDING = 1
@@ -122,7 +123,7 @@ def _grown_boxes(boxes: torch.Tensor | npt.NDArray[np.float32], scale: float,
                  ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
     """Integer grown boxes (torchvision's float32 arithmetic, truncated) and which boxes are sound.
 
-    Host boxes go through the compiled :func:`engines.mask_kernels.grown_boxes` (numpy and torch
+    Host boxes go through the compiled :func:`engines.box_kernels.grown_boxes` (numpy and torch
     float32 element-wise operations round alike); device boxes stay on their device.
     """
     if isinstance(boxes, np.ndarray):

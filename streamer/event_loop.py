@@ -40,11 +40,11 @@ def resolve(choice: EventLoopChoice) -> Literal["asyncio", "uvloop"]:
     return "uvloop" if choice == "uvloop" or (choice == "auto" and uvloop_available()) else "asyncio"
 
 
-def loop_factory(choice: EventLoopChoice) -> Callable[[], asyncio.AbstractEventLoop]:
-    """What makes the event loop of ``choice``; RuntimeError naming the remedy when ``"uvloop"`` is
-    asked for and not installed."""
+def loop_factory(choice: EventLoopChoice) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """What makes the event loop of ``choice`` (None: asyncio's own, exactly as ``asyncio.run``
+    makes it); RuntimeError naming the remedy when ``"uvloop"`` is asked for and not installed."""
     if resolve(choice) == "asyncio":
-        return asyncio.new_event_loop
+        return None
     try:
         import uvloop
     except ImportError as err:

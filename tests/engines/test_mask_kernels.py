@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from engines.mask_kernels import BAND, paste_box, visible
+from engines.box_kernels import visible
+from engines.mask_kernels import BAND, paste_box
 from engines.masks import BoxMask, _grown_boxes, paste_boxes
 from engines.rle_kernels import box_rle_counts, coco_rle_string
 from streamer.replay import synthetic_detections
@@ -233,7 +234,7 @@ def test_grown_boxes_kernel_equals_torchvisions_float32_expand_boxes() -> None:
     200,000 random boxes (half-integer and integer coordinates among them, sub-pixel to frame-size
     boxes, some outside the frame); unsound boxes are flagged; the same arithmetic in float64
     truncates differently on some boxes (the check can fail)."""
-    from engines.mask_kernels import grown_boxes
+    from engines.box_kernels import grown_boxes
     from engines.masks import expand_boxes
 
     rng = np.random.default_rng(0)
