@@ -48,8 +48,8 @@ def loop_factory(choice: EventLoopChoice) -> Callable[[], asyncio.AbstractEventL
     try:
         import uvloop
     except ImportError as err:
-        raise RuntimeError(f'event_loop = "uvloop" but uvloop cannot be imported ({err}); install it '
-                           '(pip install uvloop) or set event_loop = "auto" or "asyncio"') from err
+        raise RuntimeError(f'event_loop = "{choice}" but uvloop cannot be imported ({err}); install it '
+                           '(pip install uvloop) or set event_loop = "asyncio"') from err
     new_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return new_loop
 
