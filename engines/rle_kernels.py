@@ -82,28 +82,38 @@ def mask_runs(mask: npt.NDArray[np.bool_], x0: int, y0: int, height: int, width:
 def column_pieces(runs: npt.NDArray[np.int64], height: int) -> npt.NDArray[np.int64]:
     """``int64[n, 3]`` ``(column, first row, row after)`` of every vertical piece of foreground
     that COCO counts ``runs`` (uncompressed, column-major, ``height`` rows, zeros first)
-    describe, in frame order: each run of ones cut where it crosses into the next column."""
+    describe, in frame order: each run of ones cut where it crosses into the next column
+    (:func:`next_piece`, counted once, then written)."""
     n = 0
-    pos = 0
-    for i in range(runs.shape[0]):
-        if i % 2 == 1 and runs[i] > 0:
-            n += (pos + runs[i] - 1) // height - pos // height + 1
-        pos += runs[i]
+    i, rest, end, col, _, _ = next_piece(runs, -1, 0, 0, height)
+    while col >= 0:
+        n += 1
+        i, rest, end, col, _, _ = next_piece(runs, i, rest, end, height)
     pieces = np.empty((n, 3), np.int64)
-    n = 0
-    pos = 0
-    for i in range(runs.shape[0]):
-        start, stop = pos, pos + runs[i]
-        pos = stop
-        if i % 2 == 0:
-            continue
-        while start < stop:
-            col = start // height
-            end = min(stop, (col + 1) * height)
-            pieces[n, 0], pieces[n, 1], pieces[n, 2] = col, start - col * height, end - col * height
-            n += 1
-            start = end
+    i, rest, end, col, r0, r1 = next_piece(runs, -1, 0, 0, height)
+    for p in range(n):
+        pieces[p, 0], pieces[p, 1], pieces[p, 2] = col, r0, r1
+        i, rest, end, col, r0, r1 = next_piece(runs, i, rest, end, height)
     return pieces
+
+
+@compiled
+def next_piece(runs: npt.NDArray[np.int64], i: int, rest: int, end: int, height: int,
+               ) -> tuple[int, int, int, int, int, int]:
+    """The next vertical piece of foreground of COCO counts ``runs`` (as :func:`column_pieces`
+    lists them), one at a time and nothing allocated: from the state ``(i, rest, end)`` — run
+    ``i`` (odd: ones) has frame indices ``rest..end-1`` left; ``(-1, 0, 0)`` before the first —
+    to ``(i, rest, end, column, first row, row after)``, column -1 when no piece is left."""
+    while rest >= end:  # run i used up: on to the next run of ones
+        if i + 2 >= runs.shape[0]:
+            return i, rest, end, -1, 0, 0
+        rest = end + runs[i + 1]
+        end = rest + runs[i + 2]
+        i += 2
+    col = rest // height
+    top = col * height
+    stop = min(end, top + height)
+    return i, stop, end, col, rest - top, stop - top
 
 
 @compiled
@@ -144,7 +154,7 @@ def coco_rle_string(counts: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
     5-bit groups, least significant first; a group carries bit ``0x20`` when more follow, and
     the last group's bit ``0x10`` is the sign. Every group is offset by 48 into printable ASCII.
     """
-    out, n = coco_text_into(counts, np.empty(0, np.uint8), 0)
+    out, n = coco_text_into(counts, np.empty(counts.shape[0] * 13 + 1, np.uint8), 0)
     return out[:n].copy()
 
 

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import numpy as np
 
@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--device", default="cpu", help="with --real: cpu, cuda, cuda:N")
     p.add_argument("--paste-device", default=None, metavar="DEVICE",
                    help="replay runner: paste masks on this device (e.g. cuda), as a CUDA runner does")
-    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+    p.add_argument("--loop", choices=get_args(EventLoopChoice), default="auto",
                    help="the daemon's event loop (event_loop; default auto: uvloop if installed)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     p.set_defaults(func=run)

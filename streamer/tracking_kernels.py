@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from engines.rle_kernels import compiled_with_gil
+from engines.rle_kernels import compiled_with_gil, next_piece
 
 
 @compiled_with_gil
@@ -110,44 +110,25 @@ def ambiguous_pairs(sim: npt.NDArray[np.float64], pred: npt.NDArray[np.float64],
 def runs_overlap(a: npt.NDArray[np.int64], dx: int, dy: int, b: npt.NDArray[np.int64], height: int) -> int:
     """Pixels set both in mask ``a`` moved by ``(dx, dy)`` px and in mask ``b``, from their COCO
     counts (uncompressed run lengths, column-major, both in frames of ``height`` rows): the
-    vertical pieces of foreground of both (:func:`_next_piece`), walked together column by
+    vertical pieces of foreground of both (:func:`~engines.rle_kernels.next_piece`), walked together column by
     column — work in the number of runs, not of pixels, and nothing allocated. A piece of ``a``
     moved outside the frame meets nothing of ``b``."""
-    ia, rest_a, end_a, ca, a0, a1 = _next_piece(a, -1, 0, 0, height)
-    ib, rest_b, end_b, cb, b0, b1 = _next_piece(b, -1, 0, 0, height)
+    ia, rest_a, end_a, ca, a0, a1 = next_piece(a, -1, 0, 0, height)
+    ib, rest_b, end_b, cb, b0, b1 = next_piece(b, -1, 0, 0, height)
     inter = 0
     while ca >= 0 and cb >= 0:
         col = ca + dx
         if col == cb:
             inter += max(min(a1 + dy, b1) - max(a0 + dy, b0), 0)
             if a1 + dy <= b1:
-                ia, rest_a, end_a, ca, a0, a1 = _next_piece(a, ia, rest_a, end_a, height)
+                ia, rest_a, end_a, ca, a0, a1 = next_piece(a, ia, rest_a, end_a, height)
             else:
-                ib, rest_b, end_b, cb, b0, b1 = _next_piece(b, ib, rest_b, end_b, height)
+                ib, rest_b, end_b, cb, b0, b1 = next_piece(b, ib, rest_b, end_b, height)
         elif col < cb:
-            ia, rest_a, end_a, ca, a0, a1 = _next_piece(a, ia, rest_a, end_a, height)
+            ia, rest_a, end_a, ca, a0, a1 = next_piece(a, ia, rest_a, end_a, height)
         else:
-            ib, rest_b, end_b, cb, b0, b1 = _next_piece(b, ib, rest_b, end_b, height)
+            ib, rest_b, end_b, cb, b0, b1 = next_piece(b, ib, rest_b, end_b, height)
     return inter
-
-
-@compiled_with_gil
-def _next_piece(runs: npt.NDArray[np.int64], i: int, rest: int, end: int, height: int,
-                ) -> tuple[int, int, int, int, int, int]:
-    """The next vertical piece of foreground of COCO counts ``runs``, without a table of them
-    (:func:`~engines.rle_kernels.column_pieces` makes one): from the state ``(i, rest, end)`` —
-    run ``i`` (odd: ones) has frame indices ``rest..end-1`` left; ``(-1, 0, 0)`` before the first —
-    to ``(i, rest, end, column, first row, row after)``, column -1 when no piece is left."""
-    while rest >= end:  # run i used up: on to the next run of ones
-        if i + 2 >= runs.shape[0]:
-            return i, rest, end, -1, 0, 0
-        rest = end + runs[i + 1]
-        end = rest + runs[i + 2]
-        i += 2
-    col = rest // height
-    top = col * height
-    stop = min(end, top + height)
-    return i, stop, end, col, rest - top, stop - top
 
 
 @compiled_with_gil
